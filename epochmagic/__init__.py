@@ -1,0 +1,33 @@
+"""epochmagic: why is each epoch running so slowly?
+
+``%load_ext epochmagic``, then ``%%epochprofile`` on an unmodified PyTorch
+training cell measures its first epoch and shows where the time went.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from epochmagic.profile import EpochProfile, Finding, LineStat
+
+__all__ = [
+    "EpochProfile",
+    "Finding",
+    "LineStat",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+__version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from epochmagic.magic import EpochMagics
+
+    ipython.register_magics(EpochMagics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    manager = ipython.magics_manager
+    for kind in ("line", "cell"):
+        manager.magics[kind].pop("epochprofile", None)
+    manager.registry.pop("EpochMagics", None)

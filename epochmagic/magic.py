@@ -1,0 +1,172 @@
+"""``%%epochprofile`` / ``%epochprofile``: parse options, run, report.
+
+The magic's own run is the user's training: its effects stay, as running the
+cell would leave them. Exceptions from the cell reach the user with their own
+line in the traceback; a KeyboardInterrupt shows the partial profile and still
+stops a Run All.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from epochmagic.profile import EpochProfile
+from epochmagic.session import build_profile, compile_cell, run_cell
+
+VALUE_OPTIONS = {"-o", "--out", "--steps", "--max-seconds", "--loader", "--export"}
+FLAG_OPTIONS = {"--text", "--no-lines", "-h", "--help"}
+EXPORT_SUFFIXES = (".trace.json", ".json")
+
+
+@magics_class
+class EpochMagics(Magics):
+    @magic_arguments()
+    @argument("-o", "--out", metavar="VAR", help="store the EpochProfile in VAR")
+    @argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help="stop after N training steps and extrapolate the epoch (N >= 1)",
+    )
+    @argument(
+        "--max-seconds",
+        type=float,
+        metavar="S",
+        help="stop at the next step boundary after S seconds (default: 60 when the "
+        "cell has no DataLoader, none otherwise)",
+    )
+    @argument(
+        "--loader",
+        metavar="NAME",
+        help="name of the training loader when the cell iterates several",
+    )
+    @argument("--text", action="store_true", help="print the plain-text report")
+    @argument("--no-lines", action="store_true", help="skip line-level attribution")
+    @argument(
+        "--export",
+        metavar="PATH",
+        help="also write the profile (.json) or a Chrome/Perfetto trace (.trace.json)",
+    )
+    @line_cell_magic
+    def epochprofile(self, line: str = "", cell: str | None = None) -> None:
+        """Profile the first epoch of a PyTorch training cell: where the time
+        goes (data, transfer, forward, backward, optimizer, eval, other).
+
+        Cell form: ``%%epochprofile [options]`` above an unchanged training cell.
+        Line form: ``%epochprofile [options] statement``, like ``%time``.
+        """
+        __tracebackhide__ = True  # noqa: F841
+        if cell is None:
+            options, statement = split_statement(line)
+            if not statement.strip():
+                raise UsageError(
+                    "%epochprofile needs a statement to profile, e.g. "
+                    "%epochprofile train(model, loader)"
+                )
+        else:
+            options, statement = line, ""
+            if split_statement(line)[1].strip():
+                raise UsageError(
+                    f"%%epochprofile: unexpected arguments: {split_statement(line)[1]!r}"
+                )
+        args = parse_argstring(self.epochprofile, options)
+        _validate(args)
+        profile_source(
+            self.shell,
+            cell if cell is not None else statement,
+            magic_line=line if cell is not None else None,
+            out=args.out,
+            steps=args.steps,
+            max_seconds=args.max_seconds,
+            loader=args.loader,
+            text=args.text,
+            lines=not args.no_lines,
+            export=args.export,
+        )
+
+
+def split_statement(line: str) -> tuple[str, str]:
+    """Split ``[options] statement`` without re-quoting the statement."""
+    pos = 0
+    expect_value = False
+    for m in re.finditer(r"\S+", line):
+        tok = m.group()
+        if expect_value:
+            expect_value = False
+            pos = m.end()
+            continue
+        name = tok.split("=", 1)[0]
+        if name in VALUE_OPTIONS:
+            expect_value = "=" not in tok
+        elif name not in FLAG_OPTIONS:
+            if tok.startswith("-") and not re.match(r"-[\d.(]", tok):
+                pos = m.end()
+                continue
+            return line[:pos], line[m.start() :]
+        pos = m.end()
+    return line[:pos], ""
+
+
+def _validate(args: Any) -> None:
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise UsageError(f"--max-seconds must be positive, got {args.max_seconds:g}")
+    for opt, value in (("-o/--out", args.out), ("--loader", args.loader)):
+        if value is not None and (not value.isidentifier() or keyword.iskeyword(value)):
+            raise UsageError(f"{opt}: {value!r} is not a valid variable name")
+    if args.export is not None and not args.export.endswith(EXPORT_SUFFIXES):
+        raise UsageError(
+            f"--export: cannot write {args.export!r}; use a .json (profile) or "
+            ".trace.json (Chrome/Perfetto trace) file name"
+        )
+
+
+def profile_source(
+    shell: Any,
+    source: str,
+    *,
+    magic_line: str | None = None,
+    out: str | None = None,
+    steps: int | None = None,
+    max_seconds: float | None = None,
+    loader: str | None = None,
+    text: bool = False,
+    lines: bool = True,
+    export: str | None = None,
+) -> EpochProfile:
+    """Run ``source`` once under the probes, report, and re-raise its error."""
+    __tracebackhide__ = True  # noqa: F841
+    cell = compile_cell(shell, source, magic_line)
+    run = run_cell(
+        cell, shell.user_ns, max_steps=steps, max_seconds=max_seconds, loader_name=loader
+    )
+    prof = build_profile(run, cell, shell.user_ns)
+    pending: BaseException | None = run.exc
+    if lines and run.status == "ok" and prof.steps:
+        from epochmagic.lines import attribute_lines
+
+        try:
+            attribute_lines(prof, cell, shell, run.probes)
+        except KeyboardInterrupt as e:
+            pending = e
+    del run
+    if out:
+        shell.user_ns[out] = prof
+    if export:
+        path = prof.export(export)
+        prof.notes.append(f"wrote {path}")
+    if text:
+        print(prof.text())
+    else:
+        display(prof)
+    if pending is not None:
+        raise pending
+    return prof

@@ -1,0 +1,516 @@
+"""Global instrumentation: the only code that runs inside the user's epoch.
+
+Every probe appends events to a :class:`~epochmagic.recorder.Recorder` and keeps
+just enough live state to stop the cell at a step boundary (the training
+loader's second pass, ``--steps``, ``--max-seconds``). All patches and hooks are
+installed by :meth:`Probes.__enter__` and removed by ``__exit__`` whatever
+happened.
+
+Why these probes, and not others:
+
+* Root modules are timed by patching ``__call__`` on the *class* of each root
+  (found in the namespace, or by a global pre-hook that is removed after the
+  first training step). torch's global module hooks fire for every submodule and
+  push every call onto ``Module._call_impl``'s slow path (+6-16 % measured on a
+  101-module MLP); per-instance hooks would be copied by ``copy.deepcopy`` (an
+  EMA model) and outlive the run. Classes are shared by such copies and the
+  patch is one ``delattr`` away from gone.
+* ``optimizer.step`` itself is never replaced: LR schedulers detect that and
+  warn. torch's global optimizer step hooks see every optimizer instead.
+* ``_BaseDataLoaderIter.__next__`` is the one place every DataLoader iterator
+  hands out a batch; ``DataLoader.__iter__`` is where a pass (and its worker
+  start-up) begins.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+import torch.optim.optimizer as optim_mod
+from torch.utils.data import DataLoader
+from torch.utils.data import dataloader as dl_mod
+
+from epochmagic import recorder as r
+from epochmagic.recorder import MemoryReader, Pass, Recorder
+
+DEFAULT_NO_LOADER_SECONDS = 60.0
+
+
+class StopCell(BaseException):
+    """Ends the profiled cell at a step boundary.
+
+    A BaseException so that the user's ``except Exception`` blocks (and
+    libraries' error handling) let it through, like KeyboardInterrupt.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def loader_keys(loader: Any) -> frozenset[tuple[str, int]]:
+    """Identity of a training loader: itself, or any loader over its dataset.
+
+    Libraries such as skorch build a fresh DataLoader every epoch.
+    """
+    keys = {("loader", id(loader))}
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None:
+        keys.add(("dataset", id(dataset)))
+    return frozenset(keys)
+
+
+def batch_info(batch: Any) -> tuple[int, int | None, Any]:
+    """(samples, tokens or None, labels tensor or None) of a batch."""
+    first, second = _leading_tensors(batch)
+    if first is None:
+        return 0, None, None
+    samples = int(first.shape[0]) if first.dim() > 0 else 1
+    tokens = None
+    if first.dim() >= 2 and not first.is_floating_point() and not first.is_complex():
+        tokens = int(first.numel())
+    labels = None
+    if second is not None and second.dim() == 1 and not second.is_floating_point():
+        labels = second
+    return samples, tokens, labels
+
+
+def _leading_tensors(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, dict):
+        values = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+        for key in ("input_ids", "input", "inputs", "x", "image", "images", "pixel_values"):
+            if isinstance(batch.get(key), torch.Tensor):
+                first = batch[key]
+                label = batch.get("labels", batch.get("label", batch.get("y")))
+                return first, label if isinstance(label, torch.Tensor) else None
+        return (values[0] if values else None), (values[1] if len(values) > 1 else None)
+    if isinstance(batch, (list, tuple)):
+        tensors = [b for b in batch if isinstance(b, torch.Tensor)]
+        if tensors:
+            return tensors[0], (tensors[1] if len(tensors) > 1 else None)
+        for item in batch:
+            first, _ = _leading_tensors(item)
+            if first is not None:
+                return first, None
+    return None, None
+
+
+def _first_tensor_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a
+    for a in kwargs.values():
+        if isinstance(a, torch.Tensor):
+            return a
+    return None
+
+
+class Probes:
+    """Installs the probes for one run of a cell; a context manager."""
+
+    def __init__(
+        self,
+        rec: Recorder,
+        *,
+        max_steps: int | None = None,
+        max_seconds: float | None = None,
+        loader_name: str | None = None,
+        user_ns: dict[str, Any] | None = None,
+        watch_transfers: bool | None = None,
+    ) -> None:
+        self.rec = rec
+        self.max_steps = max_steps
+        self.max_seconds = max_seconds
+        self.loader_name = loader_name
+        self.user_ns = user_ns if user_ns is not None else {}
+        if watch_transfers is None:
+            watch_transfers = bool(torch.accelerator.is_available())
+        self.watch_transfers = watch_transfers
+        # live state
+        self.passes: dict[int, Pass] = {}
+        self.current: Pass | None = None
+        self.trained_keys: set[tuple[str, int]] = set()
+        self.roots: dict[int, torch.nn.Module] = {}
+        self.optimizers: dict[int, torch.optim.Optimizer] = {}
+        self.clock_opt: Any = None
+        self.clock_steps = 0
+        self.backward_steps = 0
+        self.stopped: StopCell | None = None
+        self.stop_time: float | None = None
+        self.scaler_skips = 0
+        self.precision: str | None = None
+        self.named_loader_seen = False
+        self._depth = 0  # root-module call depth
+        self._bwd_depth = 0
+        self._opt_depth = 0
+        self._main = threading.get_ident()
+        self._stack = ExitStack()
+        self._patched_classes: dict[type, Any] = {}
+        self._discovery: list[Any] = []
+        self._mem = MemoryReader()
+
+    # -- install / remove -------------------------------------------------
+    def __enter__(self) -> Probes:
+        try:
+            self._install()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._stack.close()
+        finally:
+            self._mem.close()
+            self.passes.clear()
+
+    def _patch(self, owner: Any, name: str, wrapper: Any) -> Any:
+        """Replace ``owner.name`` and register its exact restoration."""
+        had_own = name in vars(owner)
+        original_own = vars(owner).get(name)
+        original = getattr(owner, name)
+
+        def restore() -> None:
+            if had_own:
+                setattr(owner, name, original_own)
+            else:
+                delattr(owner, name)
+
+        setattr(owner, name, wrapper)
+        self._stack.callback(restore)
+        return original
+
+    def _install(self) -> None:
+        self._install_loader()
+        self._install_backward()
+        self._install_optimizer()
+        if self.watch_transfers:
+            self._install_transfer()
+        for value in list(self.user_ns.values()):
+            if isinstance(value, torch.nn.Module):
+                self._adopt_root_class(type(value))
+        self._start_discovery()
+
+    # -- data -----------------------------------------------------------------
+    def _install_loader(self) -> None:
+        orig_iter = DataLoader.__iter__
+        orig_next = dl_mod._BaseDataLoaderIter.__next__
+        probes = self
+        rec = self.rec
+
+        def __iter__(loader: Any) -> Any:
+            if threading.get_ident() != probes._main:
+                return orig_iter(loader)
+            keys = probes._keys_for(loader)
+            probes._depth = 0
+            if probes.stopped is not None or keys & probes.trained_keys:
+                probes._stop("epoch")
+            p = Pass(loader, keys, rec.clock())
+            rec.events.append((p.start, r.ITER_ENTER, p, None))
+            try:
+                it = orig_iter(loader)
+            finally:
+                rec.mark(r.ITER_EXIT, p)
+            probes.passes[id(it)] = p
+            p.iterator = it
+            return it
+
+        def __next__(it: Any) -> Any:
+            if threading.get_ident() != probes._main:
+                return orig_next(it)
+            p = probes.passes.get(id(it))
+            if p is None or p.iterator is not it:
+                loader_like = getattr(it, "_dataset", None)
+                keys = frozenset({("dataset", id(loader_like))})
+                p = Pass(None, keys, rec.clock())
+                p.iterator = it
+                probes.passes[id(it)] = p
+            probes._depth = 0
+            rec.events.append((rec.clock(), r.MEM, None, probes._mem.rss()))
+            t = rec.mark(r.NEXT_ENTER, p)
+            if probes.stopped is not None:
+                probes._stop(probes.stopped.reason)
+            if p.trained:
+                probes._check_limits(p.yielded, t, None)
+            try:
+                batch = orig_next(it)
+            except StopIteration:
+                p.exhausted = True
+                if probes.current is p:
+                    probes.current = None
+                rec.mark(r.NEXT_STOP, p)
+                raise
+            except BaseException:
+                rec.mark(r.NEXT_EXIT, p, None)
+                raise
+            p.yielded += 1
+            probes.current = p
+            rec.mark(r.NEXT_EXIT, p, batch_info(batch))
+            return batch
+
+        self._patch(DataLoader, "__iter__", __iter__)
+        self._patch(dl_mod._BaseDataLoaderIter, "__next__", __next__)
+
+    def _keys_for(self, loader: Any) -> frozenset[tuple[str, int]]:
+        keys = loader_keys(loader)
+        if self.loader_name is not None:
+            named = self.user_ns.get(self.loader_name)
+            if named is not None and keys & loader_keys(named):
+                self.named_loader_seen = True
+                keys = keys | frozenset({("named", 0)})
+        return keys
+
+    # -- modules ------------------------------------------------------------
+    def _adopt_root_class(self, cls: type) -> None:
+        if cls in self._patched_classes:
+            return
+        original = cls.__call__
+        probes = self
+        rec = self.rec
+
+        def __call__(module: Any, *args: Any, **kwargs: Any) -> Any:
+            if probes._depth or threading.get_ident() != probes._main:
+                return original(module, *args, **kwargs)
+            probes._depth = 1
+            probes._enter_forward(module, args, kwargs)
+            try:
+                return original(module, *args, **kwargs)
+            finally:
+                probes._depth = 0
+                rec.mark(r.FWD_EXIT, module)
+
+        try:
+            self._patch(cls, "__call__", __call__)
+        except (TypeError, AttributeError):  # extension types refuse class attributes
+            return
+        self._patched_classes[cls] = original
+
+    def _enter_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        grad = torch.is_grad_enabled()
+        first = _first_tensor_arg(args, kwargs)
+        samples = int(first.shape[0]) if first is not None and first.dim() > 0 else 0
+        tokens = None
+        if first is not None and first.dim() >= 2 and not first.is_floating_point():
+            tokens = int(first.numel())
+        if grad and self.precision is None and module.training:
+            self.precision = _autocast_precision(first)
+        self.roots.setdefault(id(module), module)
+        self.rec.mark(r.FWD_ENTER, module, (grad, bool(module.training), samples, tokens))
+
+    def _start_discovery(self) -> None:
+        """Find root modules the namespace did not show (built by the cell or a
+        library) with global hooks, removed after the first training step."""
+        probes = self
+        rec = self.rec
+        mm = torch.nn.modules.module
+
+        def pre(module: Any, args: Any) -> None:
+            if probes._depth or threading.get_ident() != probes._main:
+                return
+            probes._depth = 1
+            probes._discovering = module
+            probes._enter_forward(module, tuple(args), {})
+            probes._adopt_root_class(type(module))
+
+        def post(module: Any, args: Any, output: Any) -> None:
+            if getattr(probes, "_discovering", None) is module and probes._depth == 1:
+                probes._discovering = None
+                probes._depth = 0
+                rec.mark(r.FWD_EXIT, module)
+
+        self._discovering: Any = None
+        handles = [
+            mm.register_module_forward_pre_hook(pre),
+            mm.register_module_forward_hook(post, always_call=True),
+        ]
+        self._discovery = handles
+        self._stack.callback(self._end_discovery)
+
+    def _end_discovery(self) -> None:
+        for h in self._discovery:
+            h.remove()
+        self._discovery = []
+
+    # -- backward -----------------------------------------------------------
+    def _install_backward(self) -> None:
+        probes = self
+
+        def wrap(original: Any) -> Any:
+            def backward(*args: Any, **kwargs: Any) -> Any:
+                if threading.get_ident() != probes._main:
+                    return original(*args, **kwargs)
+                outer = probes._bwd_depth == 0
+                if outer:
+                    probes._before_backward()
+                probes._bwd_depth += 1
+                probes.rec.mark(r.BWD_ENTER)
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    probes.rec.mark(r.BWD_EXIT)
+                    probes._bwd_depth -= 1
+                    if outer:
+                        probes._after_backward()
+
+            backward.__wrapped__ = original  # type: ignore[attr-defined]
+            return backward
+
+        self._patch(torch.Tensor, "backward", wrap(torch.Tensor.backward))
+        self._patch(torch.autograd, "backward", wrap(torch.autograd.backward))
+        self._patch(torch.autograd, "grad", wrap(torch.autograd.grad))
+
+    def _before_backward(self) -> None:
+        # Backward-clocked loops (no optimizer at all): backward N+1 starting
+        # means N steps are done.
+        if self.clock_opt is None and not self._loader_clock():
+            self._check_limits(self.backward_steps, self.rec.clock(), DEFAULT_NO_LOADER_SECONDS)
+
+    def _after_backward(self) -> None:
+        self._mark_trained()
+        if self.clock_opt is None and not self._loader_clock():
+            self.backward_steps += 1
+
+    def _mark_trained(self) -> None:
+        p = self.current
+        if p is None or p.trained:
+            return
+        if self.loader_name is not None and ("named", 0) not in p.keys:
+            return
+        p.trained = True
+        self.trained_keys |= p.keys
+
+    def _loader_clock(self) -> bool:
+        return self.current is not None and self.current.trained
+
+    # -- optimizer ----------------------------------------------------------
+    def _install_optimizer(self) -> None:
+        probes = self
+        rec = self.rec
+
+        def pre(opt: Any, args: Any, kwargs: Any) -> None:
+            if threading.get_ident() != probes._main:
+                return
+            probes._opt_depth += 1
+            probes.optimizers.setdefault(id(opt), opt)
+            rec.mark(r.OPT_ENTER, opt)
+
+        def post(opt: Any, args: Any, kwargs: Any) -> None:
+            if threading.get_ident() != probes._main:
+                return
+            probes._opt_depth -= 1
+            rec.mark(r.OPT_EXIT, opt)
+            probes._after_step(opt)
+
+        h1 = optim_mod.register_optimizer_step_pre_hook(pre)
+        h2 = optim_mod.register_optimizer_step_post_hook(post)
+        self._stack.callback(h1.remove)
+        self._stack.callback(h2.remove)
+
+        def wrap_zero(original: Any) -> Any:
+            def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
+                if threading.get_ident() != probes._main:
+                    return original(obj, *args, **kwargs)
+                rec.mark(r.ZERO_ENTER)
+                try:
+                    return original(obj, *args, **kwargs)
+                finally:
+                    rec.mark(r.ZERO_EXIT)
+
+            return zero_grad
+
+        self._patch(torch.optim.Optimizer, "zero_grad", wrap_zero(torch.optim.Optimizer.zero_grad))
+        self._patch(torch.nn.Module, "zero_grad", wrap_zero(torch.nn.Module.zero_grad))
+
+        scaler_cls = torch.amp.GradScaler
+        original_scaler_step = scaler_cls.step
+
+        def scaler_step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+            before = len(rec.events)
+            out = original_scaler_step(scaler, optimizer, *args, **kwargs)
+            if scaler.is_enabled() and not any(e[1] == r.OPT_EXIT for e in rec.events[before:]):
+                probes.scaler_skips += 1
+                rec.mark(r.SCALER_SKIP, optimizer)
+            return out
+
+        self._patch(scaler_cls, "step", scaler_step)
+
+    def _after_step(self, opt: Any) -> None:
+        self._mark_trained()
+        self._end_discovery()
+        if self._loader_clock():
+            return
+        if self.clock_opt is None:
+            self.clock_opt = opt
+        if opt is self.clock_opt:
+            self.clock_steps += 1
+            self.rec.events.append((self.rec.clock(), r.MEM, None, self._mem.rss()))
+            self._check_limits(self.clock_steps, self.rec.clock(), DEFAULT_NO_LOADER_SECONDS)
+
+    # -- transfers -------------------------------------------------------------
+    def _install_transfer(self) -> None:
+        probes = self
+        rec = self.rec
+
+        def wrap(original: Any) -> Any:
+            def move(t: Any, *args: Any, **kwargs: Any) -> Any:
+                if t.device.type != "cpu" or threading.get_ident() != probes._main:
+                    return original(t, *args, **kwargs)
+                t0 = rec.clock()
+                out = original(t, *args, **kwargs)
+                if isinstance(out, torch.Tensor) and out.device.type != "cpu":
+                    rec.events.append((t0, r.XFER_ENTER, None, None))
+                    rec.mark(r.XFER_EXIT)
+                return out
+
+            return move
+
+        self._patch(torch.Tensor, "to", wrap(torch.Tensor.to))
+        self._patch(torch.Tensor, "cuda", wrap(torch.Tensor.cuda))
+
+    # -- stopping -----------------------------------------------------------
+    def _check_limits(self, steps: int, now: float, default_seconds: float | None) -> None:
+        if self.max_steps is not None and steps >= self.max_steps:
+            self._stop("steps")
+        limit = self.max_seconds if self.max_seconds is not None else default_seconds
+        if limit is not None and steps > 0 and now - self.rec.start >= limit:
+            self._stop("seconds")
+
+    def _stop(self, reason: str) -> None:
+        if self.stopped is None:
+            self.stopped = StopCell(reason)
+            self.stop_time = self.rec.clock()
+        raise StopCell(self.stopped.reason)
+
+    # -- results ----------------------------------------------------------------
+    def trained_param_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                ids.update(id(p) for p in group["params"])
+        return ids
+
+    def iter_passes(self) -> Iterator[Pass]:
+        seen: set[int] = set()
+        for e in self.rec.events:
+            if e[1] in (r.ITER_ENTER, r.NEXT_ENTER) and id(e[2]) not in seen:
+                seen.add(id(e[2]))
+                yield e[2]
+
+
+def _autocast_precision(first: Any) -> str:
+    device = first.device.type if first is not None else "cpu"
+    for dev in (device, "cpu", "cuda"):
+        try:
+            if torch.is_autocast_enabled(dev):
+                dtype = torch.get_autocast_dtype(dev)
+                return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+        except (RuntimeError, TypeError):
+            continue
+    return "fp32"

@@ -1,0 +1,165 @@
+"""``EpochProfile``: the result of one measured epoch (design.md §1).
+
+Plain data plus (de)serialisation. The report renders it and never recomputes
+numbers; saved profiles carry ``schema_version`` so they stay loadable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+PHASES = ("data", "transfer", "forward", "backward", "optimizer", "eval", "other")
+
+
+@dataclass(frozen=True)
+class LineStat:
+    """One source line of the cell or of a notebook-defined function it calls.
+
+    ``time_s`` includes the time of calls made from the line, as line_profiler
+    reports it, and comes from the short traced run (``lines_steps`` steps).
+    """
+
+    filename: str
+    lineno: int
+    source: str
+    hits: int
+    time_s: float
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A diagnosed cause: ``share`` of ``epoch_s`` it is about, the ``rerun``
+    keyword arguments that test it (``suggestion``) and the code change
+    (``fix``)."""
+
+    code: str
+    title: str
+    detail: str
+    share: float
+    suggestion: dict[str, Any] = field(default_factory=dict)
+    fix: str = ""
+
+
+@dataclass
+class EpochProfile:
+    wall_s: float = 0.0
+    epoch_s: float | None = None
+    steps: int = 0
+    steps_per_epoch: int | None = None
+    samples: int = 0
+    samples_per_s: float | None = None
+    phases: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    outside_steps_s: float = 0.0
+    memory: dict[str, Any] = field(default_factory=dict)
+    gpu: dict[str, Any] | None = None
+    step_times: list[float] = field(default_factory=list)
+    step_phases: list[dict[str, float]] = field(default_factory=list)
+    throughput_unit: str = "samples"
+    tokens_per_s: float | None = None
+    lines: list[LineStat] = field(default_factory=list)
+    lines_steps: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"
+    error: str | None = None
+    predicted: dict[str, Any] | None = None
+    output: str | None = None
+    # Beyond design.md's table: what the report needs to explain itself.
+    step_starts_s: list[float] = field(default_factory=list)  # offsets from the run start
+    stop_reason: str | None = None  # "epoch", "steps", "seconds", "end", "interrupted", "error"
+    step_clock: str = "none"  # "loader", "optimizer", "backward" or "none"
+    training_loader: str | None = None  # the name the loader has in the namespace
+    skipped_steps: int = 0  # optimizer steps a GradScaler skipped
+    notes: list[str] = field(default_factory=list)
+    cell: str = ""  # source of the profiled cell
+
+    # -- derived -------------------------------------------------------------
+    @property
+    def step_s(self) -> float | None:
+        """Median step time (seconds)."""
+        if not self.step_times:
+            return None
+        ordered = sorted(self.step_times)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    # -- serialisation -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["schema_version"] = SCHEMA_VERSION
+        return d
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=_jsonable)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the profile as JSON (``.json``); ``EpochProfile.load`` reads it."""
+        path = Path(path)
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpochProfile:
+        version = d.get("schema_version", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise ValueError(
+                f"profile schema {version} is newer than this epochmagic ({SCHEMA_VERSION}); upgrade"
+            )
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["lines"] = [LineStat(**x) for x in d.get("lines", [])]
+        kwargs["findings"] = [Finding(**x) for x in d.get("findings", [])]
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EpochProfile:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def to_chrome_trace(self, path: str | Path) -> Path:
+        """Write a Chrome/Perfetto trace: one slice per phase per step."""
+        from epochmagic.trace import chrome_trace
+
+        path = Path(path)
+        path.write_text(json.dumps(chrome_trace(self)), encoding="utf-8")
+        return path
+
+    def export(self, path: str | Path) -> Path:
+        """Write by suffix: ``.trace.json`` (trace) or ``.json`` (profile)."""
+        name = str(path)
+        if name.endswith(".trace.json"):
+            return self.to_chrome_trace(path)
+        if name.endswith(".json"):
+            return self.save(path)
+        raise ValueError(f"cannot export to {name!r}: use a .json or .trace.json file name")
+
+    # -- display ---------------------------------------------------------------
+    def text(self) -> str:
+        from epochmagic.textreport import render
+
+        return render(self)
+
+    def __repr__(self) -> str:
+        epoch = f"{self.epoch_s:.3f}s" if self.epoch_s is not None else "unknown"
+        return (
+            f"<EpochProfile status={self.status} epoch_s={epoch} steps={self.steps}"
+            f" wall_s={self.wall_s:.3f}>"
+        )
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.text())
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return {"text/plain": self.text()}
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)

@@ -1,0 +1,131 @@
+"""The plain-text report (``--text`` and ``text/plain`` everywhere)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from epochmagic.profile import EpochProfile
+
+PHASE_ORDER = ("data", "transfer", "forward", "backward", "optimizer", "eval", "other")
+HOT_LINES = 8
+
+
+def seconds(s: float | None) -> str:
+    if s is None:
+        return "unknown"
+    if s >= 100:
+        return f"{s:.0f} s"
+    if s >= 1:
+        return f"{s:.2f} s"
+    return f"{s * 1000:.1f} ms"
+
+
+def verdict(prof: EpochProfile) -> str:
+    """One line: what this epoch is bound by, with the share that says so."""
+    if prof.status == "error":
+        return f"the cell failed: {prof.error}"
+    if prof.steps == 0:
+        return "no training step was seen (no backward() or optimizer step ran)"
+    total = prof.wall_s or 1.0
+    p = prof.phases
+    compute = p["forward"] + p["backward"]
+    shares = {
+        "data": p["data"] / total,
+        "transfer": p["transfer"] / total,
+        "compute": compute / total,
+        "optimizer": p["optimizer"] / total,
+        "eval": p["eval"] / total,
+        "other": p["other"] / total,
+    }
+    if shares["data"] >= 0.2:
+        return f"input-bound: {shares['data']:.0%} of the epoch waits for data"
+    top = max(shares, key=lambda k: shares[k])
+    pct = f"{shares[top]:.0%}"
+    return {
+        "data": f"input-bound: {pct} of the epoch waits for data",
+        "transfer": f"transfer-bound: {pct} of the epoch copies batches to the device",
+        "compute": f"compute-bound: {pct} of the epoch is forward and backward",
+        "optimizer": f"optimizer-bound: {pct} of the epoch is in optimizer step/zero_grad",
+        "eval": f"evaluation-heavy: {pct} of the epoch is evaluation",
+        "other": f"loop-overhead-bound: {pct} of the epoch is Python outside the model, "
+        "loader and optimizer",
+    }[top]
+
+
+def header(prof: EpochProfile) -> str:
+    env = prof.environment
+    unit = prof.throughput_unit
+    rate = prof.tokens_per_s if unit == "tokens" else prof.samples_per_s
+    rate_s = f"{rate:,.0f} {unit}/s" if rate else f"- {unit}/s"
+    of = f" of {prof.steps_per_epoch}" if prof.steps_per_epoch else ""
+    device = env.get("device", "cpu")
+    where = f"{device} ({env.get('cpu_count', '?')} cores, {env.get('torch_threads', '?')} threads)"
+    if device.startswith("cuda"):
+        where = f"{device} ({env.get('device_name', '')})"
+    status = "" if prof.status == "ok" else f"  [{prof.status}]"
+    return (
+        f"epochmagic: epoch {seconds(prof.epoch_s)} | {rate_s} | {prof.steps}{of} steps | "
+        f"{where}{status}"
+    )
+
+
+def phase_table(prof: EpochProfile) -> list[str]:
+    total = prof.wall_s or 1.0
+    rows = [f"  {'phase':<10}{'seconds':>10}{'%':>8}{'ms/step':>10}"]
+    for name in PHASE_ORDER:
+        v = prof.phases.get(name, 0.0)
+        in_steps = sum(sp.get(name, 0.0) for sp in prof.step_phases)
+        per = f"{in_steps / prof.steps * 1000:10.2f}" if prof.steps else f"{'-':>10}"
+        rows.append(f"  {name:<10}{v:>10.3f}{v / total * 100:>7.1f}%{per}")
+    rows.append(f"  {'total':<10}{prof.wall_s:>10.3f}{100.0:>7.1f}%")
+    if prof.steps:
+        rows.append(
+            f"  {prof.outside_steps_s:.3f} s of it outside the steps (set-up before the first "
+            "batch, code after the last)"
+        )
+    return rows
+
+
+def line_rows(prof: EpochProfile, n: int = HOT_LINES) -> list[str]:
+    if not prof.lines:
+        return []
+    total = sum(ls.time_s for ls in prof.lines if ls.filename == prof.lines[0].filename) or 1.0
+    top = sorted(prof.lines, key=lambda ls: ls.time_s, reverse=True)[:n]
+    out = [
+        f"hot lines (from a separate traced run of {prof.lines_steps} steps; a line's time "
+        "includes the calls it makes):"
+    ]
+    width = max(len(_where(ls.filename, ls.lineno)) for ls in top)
+    for ls in top:
+        src = ls.source.strip()
+        src = src if len(src) <= 60 else src[:57] + "..."
+        out.append(
+            f"  {_where(ls.filename, ls.lineno):<{width}}  {ls.time_s * 1000:9.1f} ms "
+            f"{ls.hits:7d} hits  {src}"
+        )
+    del total
+    return out
+
+
+def _where(filename: str, lineno: int) -> str:
+    if filename.startswith("Cell "):
+        return f"{filename}:{lineno}"
+    return f"{os.path.basename(filename)}:{lineno}"
+
+
+def render(prof: EpochProfile) -> str:
+    lines = [header(prof), f"verdict: {verdict(prof)}", ""]
+    if prof.steps or prof.wall_s:
+        lines += phase_table(prof)
+    hot = line_rows(prof)
+    if hot:
+        lines += [""] + hot
+    if prof.findings:
+        lines += ["", "findings:"]
+        for f in prof.findings:
+            lines.append(f"  - [{f.code}] {f.title} ({f.share:.0%} of the epoch)")
+    if prof.notes:
+        lines += ["", "notes:"] + [f"  - {n}" for n in prof.notes]
+    return "\n".join(lines)
