@@ -156,12 +156,12 @@ def _line_stats(lp: LineProfiler, shell: Any) -> list[LineStat]:
             acc[1] += t * unit
     out = []
     fmap = getattr(shell.compile, "_filename_map", {})
-    for (filename, lineno), (hits, secs) in merged.items():
-        if hits <= 0:
+    for (filename, lineno), (count, secs) in merged.items():
+        if count <= 0:
             continue
         label = f"Cell In[{fmap[filename]}]" if filename in fmap else filename
         source = linecache.getline(filename, lineno).rstrip("\n")
-        out.append(LineStat(label, int(lineno), source, int(hits), float(secs)))
+        out.append(LineStat(label, int(lineno), source, int(count), float(secs)))
     out.sort(key=lambda s: s.time_s, reverse=True)
     return out[:MAX_LINES]
 
