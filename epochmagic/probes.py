@@ -134,7 +134,8 @@ class Probes:
         self.watch_transfers = watch_transfers
         # live state
         self.passes: dict[int, Pass] = {}
-        self.current: Pass | None = None
+        self.current: Pass | None = None  # the pass that handed out the latest batch
+        self.named_pass: Pass | None = None  # the --loader pass in progress
         self.trained_keys: set[tuple[str, int]] = set()
         self.roots: dict[int, torch.nn.Module] = {}
         self.optimizers: dict[int, torch.optim.Optimizer] = {}
@@ -245,6 +246,8 @@ class Probes:
                 p.exhausted = True
                 if probes.current is p:
                     probes.current = None
+                if probes.named_pass is p:
+                    probes.named_pass = None
                 rec.mark(r.NEXT_STOP, p)
                 raise
             except BaseException:
@@ -252,6 +255,8 @@ class Probes:
                 raise
             p.yielded += 1
             probes.current = p
+            if ("named", 0) in p.keys:
+                probes.named_pass = p
             rec.mark(r.NEXT_EXIT, p, batch_info(batch))
             return batch
 
@@ -378,16 +383,15 @@ class Probes:
             self.backward_steps += 1
 
     def _mark_trained(self) -> None:
-        p = self.current
+        p = self.named_pass if self.loader_name is not None else self.current
         if p is None or p.trained:
-            return
-        if self.loader_name is not None and ("named", 0) not in p.keys:
             return
         p.trained = True
         self.trained_keys |= p.keys
 
     def _loader_clock(self) -> bool:
-        return self.current is not None and self.current.trained
+        p = self.named_pass if self.loader_name is not None else self.current
+        return p is not None and p.trained
 
     # -- optimizer ----------------------------------------------------------
     def _install_optimizer(self) -> None:

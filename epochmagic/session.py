@@ -260,23 +260,31 @@ def loop_length(tree: ast.Module, user_ns: dict[str, Any]) -> int | None:
             for n in ast.walk(node)
         )
 
+    safe_calls = {"len": len, "int": int, "min": min, "max": max, "abs": abs, "round": round}
+    safe_nodes = (ast.Expression, ast.Name, ast.Load, ast.Constant, ast.Attribute, ast.BinOp,
+                  ast.UnaryOp, ast.operator, ast.unaryop, ast.Call)
+
+    def readable(node: ast.expr) -> bool:
+        """Names, numbers, arithmetic and len()/min()/max(): nothing with effects."""
+        for n in ast.walk(node):
+            if not isinstance(n, safe_nodes):
+                return False
+            if isinstance(n, ast.Call) and not (
+                isinstance(n.func, ast.Name) and n.func.id in safe_calls and not n.keywords
+            ):
+                return False
+        return True
+
     def length(expr: ast.expr) -> int | None:
-        if not (
-            isinstance(expr, ast.Call)
-            and isinstance(expr.func, ast.Name)
-            and expr.func.id == "range"
-            and 1 <= len(expr.args) <= 3
-        ):
+        if not (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name)
+                and expr.func.id == "range" and 1 <= len(expr.args) <= 3):
             return None
+        if not all(readable(a) for a in expr.args):
+            return None
+        scope = {**user_ns, **safe_calls, "__builtins__": {}}
         try:
-            values = [
-                eval(
-                    compile(ast.Expression(a), "<range>", "eval"),
-                    {"__builtins__": {}},
-                    dict(user_ns),
-                )
-                for a in expr.args
-            ]
+            values = [eval(compile(ast.Expression(a), "<range>", "eval"), scope)
+                      for a in expr.args]
             return len(range(*[int(v) for v in values]))
         except Exception:  # noqa: BLE001 (anything unreadable means unknown)
             return None

@@ -221,7 +221,11 @@ def _eval_spans(
     of no-grad / eval-mode calls of a model that is being trained (a teacher or
     EMA model is not trained, so its forward stays ``forward``)."""
     spans: list[tuple[float, float]] = []
-    eval_passes = {id(p) for p in passes if not p.trained and not (p.keys & training_keys)}
+    busy = _passes_with_training(events)
+    eval_passes = {
+        id(p) for p in passes
+        if not p.trained and not (p.keys & training_keys) and id(p) not in busy
+    }
     open_pass: dict[int, float] = {}
     last_activity: dict[int, float] = {}
     current: int | None = None
@@ -263,6 +267,24 @@ def _eval_spans(
     for key, t0 in open_pass.items():
         spans.append((t0, last_activity.get(key, t0)))
     return _merge(spans)
+
+
+def _passes_with_training(events: list[r.Event]) -> set[int]:
+    """Passes with a backward or optimizer step between their first and last
+    batch: loaders zipped with the training loader, not evaluation."""
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    training_at: list[int] = []
+    for i, e in enumerate(events):
+        if e[1] in (r.ITER_ENTER, r.NEXT_ENTER, r.NEXT_EXIT, r.NEXT_STOP):
+            first.setdefault(id(e[2]), i)
+            last[id(e[2])] = i
+        elif e[1] in (r.BWD_ENTER, r.OPT_ENTER):
+            training_at.append(i)
+    return {
+        key for key, a in first.items()
+        if (j := bisect.bisect_right(training_at, a)) < len(training_at) and training_at[j] < last[key]
+    }
 
 
 def _merge(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -357,7 +379,7 @@ def _step_memory(mem: list[tuple[float, int]], bounds: list[tuple[float, float]]
     for a, b in bounds:
         peak = None
         while j < len(mem) and mem[j][0] <= b:
-            if mem[j][0] >= a:
+            if mem[j][0] > a:
                 peak = mem[j][1] if peak is None else max(peak, mem[j][1])
             last = mem[j][1]
             j += 1

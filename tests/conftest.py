@@ -1,0 +1,101 @@
+"""Shared fixtures: a real IPython shell and the leak check every test runs under."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import pytest
+import torch
+import torch.optim.optimizer as optim_mod
+from torch.nn.modules import module as module_mod
+from torch.utils.data import DataLoader
+from torch.utils.data import dataloader as dl_mod
+
+PATCHED = [
+    (DataLoader, "__iter__"),
+    (dl_mod._BaseDataLoaderIter, "__next__"),
+    (torch.Tensor, "backward"),
+    (torch.Tensor, "to"),
+    (torch.Tensor, "cuda"),
+    (torch.autograd, "backward"),
+    (torch.autograd, "grad"),
+    (torch.optim.Optimizer, "zero_grad"),
+    (torch.nn.Module, "zero_grad"),
+    (torch.nn.Module, "__call__"),
+    (torch.amp.GradScaler, "step"),
+]
+
+
+def _module_classes() -> list[type]:
+    out, todo = [], [torch.nn.Module]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+def instrumentation_state() -> dict[str, Any]:
+    """Everything epochmagic may install, as comparable values."""
+    return {
+        "patched": [getattr(owner, name) for owner, name in PATCHED],
+        "global_module_hooks": (
+            len(module_mod._global_forward_pre_hooks),
+            len(module_mod._global_forward_hooks),
+            len(module_mod._global_forward_hooks_always_called),
+            len(module_mod._global_backward_hooks),
+        ),
+        "optimizer_hooks": (
+            len(optim_mod._global_optimizer_pre_hooks),
+            len(optim_mod._global_optimizer_post_hooks),
+        ),
+        "call_overrides": sorted(
+            f"{c.__module__}.{c.__qualname__}"
+            for c in _module_classes()
+            if getattr(vars(c).get("__call__"), "__module__", "").startswith("epochmagic")
+        ),
+        "trace": sys.gettrace(),
+    }
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_instrumentation():
+    """Fail any test that leaves a hook, patch or tracer installed."""
+    before = instrumentation_state()
+    yield
+    after = instrumentation_state()
+    assert after == before, "epochmagic left instrumentation installed"
+
+
+@pytest.fixture(scope="session")
+def shell():
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = start_ipython()
+    ip.run_cell("%load_ext epochmagic", store_history=True)
+    return ip
+
+
+@pytest.fixture
+def ip(shell):
+    """The shared shell with a clean-ish namespace for each test."""
+    keep = set(shell.user_ns)
+    torch.manual_seed(0)
+    yield shell
+    for name in list(shell.user_ns):
+        if name not in keep:
+            del shell.user_ns[name]
+
+
+def run(ip, source: str, *, ok: bool = True):
+    """Run a cell; by default assert that it succeeded."""
+    result = ip.run_cell(source, store_history=True)
+    if ok:
+        assert result.success, f"cell failed: {result.error_in_exec or result.error_before_exec}"
+    return result
+
+
+def thread_count() -> int:
+    return threading.active_count()
