@@ -13,6 +13,10 @@ from torch.nn.modules import module as module_mod
 from torch.utils.data import DataLoader
 from torch.utils.data import dataloader as dl_mod
 
+# One intra-op thread: tiny test models on 2 shared cores otherwise spend most
+# of their time in OpenMP spin-waits whenever another process is busy.
+torch.set_num_threads(1)
+
 PATCHED = [
     (DataLoader, "__iter__"),
     (dl_mod._BaseDataLoaderIter, "__next__"),
