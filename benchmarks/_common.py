@@ -16,6 +16,7 @@ import io
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -68,10 +69,27 @@ def start_shell(threads: int | None = None) -> Any:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[io.StringIO]:
-    """Capture what a cell prints (reports, notes) so the tables stay readable."""
+    """Capture what a cell prints (reports, notes) so the tables stay readable:
+    Python's prints, and what C++ writes to file descriptors 1 and 2 (kineto's
+    ``profiler_start`` lines under torch.profiler); the latter is appended to the
+    buffer afterwards."""
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        yield buf
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                yield buf
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            buf.write(sink.read().decode(errors="replace"))
 
 
 def run(ip: Any, source: str) -> CellRun:
