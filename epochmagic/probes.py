@@ -25,6 +25,7 @@ Why these probes, and not others:
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -151,6 +152,10 @@ class Probes:
         self._bwd_depth = 0
         self._opt_depth = 0
         self._main = threading.get_ident()
+        # Wrappers someone captured during the run (a bound __call__ in a
+        # torch.compile'd module, `from torch.autograd import backward`) pass
+        # straight through once the run is over.
+        self.active = False
         self._stack = ExitStack()
         self._patched_classes: dict[type, Any] = {}
         self._discovery: list[Any] = []
@@ -158,6 +163,7 @@ class Probes:
 
     # -- install / remove -------------------------------------------------
     def __enter__(self) -> Probes:
+        self.active = True
         try:
             self._install()
         except BaseException:
@@ -166,6 +172,7 @@ class Probes:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.active = False
         try:
             self._stack.close()
         finally:
@@ -207,7 +214,7 @@ class Probes:
         rec = self.rec
 
         def __iter__(loader: Any) -> Any:
-            if threading.get_ident() != probes._main:
+            if not probes.active or threading.get_ident() != probes._main:
                 return orig_iter(loader)
             keys = probes._keys_for(loader)
             probes._depth = 0
@@ -224,12 +231,15 @@ class Probes:
             return it
 
         def __next__(it: Any) -> Any:
-            if threading.get_ident() != probes._main:
+            if not probes.active or threading.get_ident() != probes._main:
                 return orig_next(it)
             p = probes.passes.get(id(it))
             if p is None or p.iterator is not it:
-                loader_like = getattr(it, "_dataset", None)
-                keys = frozenset({("dataset", id(loader_like))})
+                # an iterator made without DataLoader.__iter__ (a subclass that
+                # overrides it): its pass starts with its first batch
+                keys = frozenset({("dataset", id(getattr(it, "_dataset", None)))})
+                if keys & probes.trained_keys:
+                    probes._stop("epoch")
                 p = Pass(None, keys, rec.clock())
                 p.iterator = it
                 probes.passes[id(it)] = p
@@ -281,7 +291,7 @@ class Probes:
         rec = self.rec
 
         def __call__(module: Any, *args: Any, **kwargs: Any) -> Any:
-            if probes._depth or threading.get_ident() != probes._main:
+            if probes._depth or not probes.active or threading.get_ident() != probes._main:
                 return original(module, *args, **kwargs)
             probes._depth = 1
             probes._enter_forward(module, args, kwargs)
@@ -312,12 +322,23 @@ class Probes:
     def _start_discovery(self) -> None:
         """Find root modules the namespace did not show (built by the cell or a
         library) with global hooks, removed after the first training step."""
+        # torch warns that a torch.compile'd module called while global hooks
+        # exist fires them twice; ours handle that, so the warning is noise.
+        warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there")
+        entry = warnings.filters[0]
+
+        def forget_filter() -> None:
+            if entry in warnings.filters:
+                warnings.filters.remove(entry)
+                warnings._filters_mutated()  # type: ignore[attr-defined]
+
+        self._stack.callback(forget_filter)
         probes = self
         rec = self.rec
         mm = torch.nn.modules.module
 
         def pre(module: Any, args: Any) -> None:
-            if probes._depth or threading.get_ident() != probes._main:
+            if probes._depth or not probes.active or threading.get_ident() != probes._main:
                 return
             probes._depth = 1
             probes._discovering = module
@@ -349,7 +370,7 @@ class Probes:
 
         def wrap(original: Any) -> Any:
             def backward(*args: Any, **kwargs: Any) -> Any:
-                if threading.get_ident() != probes._main:
+                if not probes.active or threading.get_ident() != probes._main:
                     return original(*args, **kwargs)
                 outer = probes._bwd_depth == 0
                 if outer:
@@ -379,6 +400,7 @@ class Probes:
 
     def _after_backward(self) -> None:
         self._mark_trained()
+        self._end_discovery()  # every model of the step has been called by now
         if self.clock_opt is None and not self._loader_clock():
             self.backward_steps += 1
 
@@ -399,14 +421,14 @@ class Probes:
         rec = self.rec
 
         def pre(opt: Any, args: Any, kwargs: Any) -> None:
-            if threading.get_ident() != probes._main:
+            if not probes.active or threading.get_ident() != probes._main:
                 return
             probes._opt_depth += 1
             probes.optimizers.setdefault(id(opt), opt)
             rec.mark(r.OPT_ENTER, opt)
 
         def post(opt: Any, args: Any, kwargs: Any) -> None:
-            if threading.get_ident() != probes._main:
+            if not probes.active or threading.get_ident() != probes._main:
                 return
             probes._opt_depth -= 1
             rec.mark(r.OPT_EXIT, opt)
@@ -419,7 +441,7 @@ class Probes:
 
         def wrap_zero(original: Any) -> Any:
             def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
-                if threading.get_ident() != probes._main:
+                if not probes.active or threading.get_ident() != probes._main:
                     return original(obj, *args, **kwargs)
                 rec.mark(r.ZERO_ENTER)
                 try:
@@ -436,6 +458,8 @@ class Probes:
         original_scaler_step = scaler_cls.step
 
         def scaler_step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+            if not probes.active:
+                return original_scaler_step(scaler, optimizer, *args, **kwargs)
             before = len(rec.events)
             out = original_scaler_step(scaler, optimizer, *args, **kwargs)
             if scaler.is_enabled() and not any(e[1] == r.OPT_EXIT for e in rec.events[before:]):
@@ -464,7 +488,7 @@ class Probes:
 
         def wrap(original: Any) -> Any:
             def move(t: Any, *args: Any, **kwargs: Any) -> Any:
-                if t.device.type != "cpu" or threading.get_ident() != probes._main:
+                if t.device.type != "cpu" or not probes.active or threading.get_ident() != probes._main:
                     return original(t, *args, **kwargs)
                 t0 = rec.clock()
                 out = original(t, *args, **kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 from typing import Any
 
 import pytest
@@ -61,6 +62,7 @@ def instrumentation_state() -> dict[str, Any]:
             if getattr(vars(c).get("__call__"), "__module__", "").startswith("epochmagic")
         ),
         "trace": sys.gettrace(),
+        "warning_filters": list(warnings.filters),
     }
 
 
