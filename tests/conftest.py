@@ -62,7 +62,9 @@ def instrumentation_state() -> dict[str, Any]:
             if getattr(vars(c).get("__call__"), "__module__", "").startswith("epochmagic")
         ),
         "trace": sys.gettrace(),
-        "warning_filters": list(warnings.filters),
+        "our_warning_filters": [
+            f for f in warnings.filters if f[1] is not None and "torch.compile" in f[1].pattern
+        ],
     }
 
 
