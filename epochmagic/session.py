@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import linecache
-import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import CodeType
@@ -385,10 +384,6 @@ def _notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
         )
     if probes.loader_name is not None and not probes.named_loader_seen:
         notes.append(f"--loader {probes.loader_name}: no loader of that name was iterated")
-    if prof.steps and len(prof.step_times) > 1:
-        spread = statistics.pstdev(prof.step_times) / (statistics.mean(prof.step_times) or 1)
-        if spread > 1.0:
-            notes.append(f"step times vary a lot (coefficient of variation {spread:.1f})")
     return notes
 
 
