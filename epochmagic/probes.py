@@ -249,7 +249,7 @@ class Probes:
             if probes.stopped is not None:
                 probes._stop(probes.stopped.reason)
             if p.trained:
-                probes._check_limits(p.yielded, t, None)
+                probes._check_limits(_steps_done(p), t, None)
             try:
                 batch = orig_next(it)
             except StopIteration:
@@ -329,7 +329,7 @@ class Probes:
 
         def forget_filter() -> None:
             if entry in warnings.filters:
-                warnings.filters.remove(entry)
+                warnings.filters.remove(entry)  # type: ignore[attr-defined]
                 warnings._filters_mutated()  # type: ignore[attr-defined]
 
         self._stack.callback(forget_filter)
@@ -399,6 +399,9 @@ class Probes:
             self._check_limits(self.backward_steps, self.rec.clock(), DEFAULT_NO_LOADER_SECONDS)
 
     def _after_backward(self) -> None:
+        p = self.named_pass if self.loader_name is not None else self.current
+        if p is not None:
+            p.units += 1
         self._mark_trained()
         self._end_discovery()  # every model of the step has been called by now
         if self.clock_opt is None and not self._loader_clock():
@@ -488,7 +491,11 @@ class Probes:
 
         def wrap(original: Any) -> Any:
             def move(t: Any, *args: Any, **kwargs: Any) -> Any:
-                if t.device.type != "cpu" or not probes.active or threading.get_ident() != probes._main:
+                if (
+                    t.device.type != "cpu"
+                    or not probes.active
+                    or threading.get_ident() != probes._main
+                ):
                     return original(t, *args, **kwargs)
                 t0 = rec.clock()
                 out = original(t, *args, **kwargs)
@@ -530,6 +537,18 @@ class Probes:
             if e[1] in (r.ITER_ENTER, r.NEXT_ENTER) and id(e[2]) not in seen:
                 seen.add(id(e[2]))
                 yield e[2]
+
+
+def _steps_done(p: Pass) -> int:
+    """Training steps finished in pass ``p`` when the loop asks for another batch.
+
+    A loop that reads one batch ahead (accelerate's DataLoaderShard, Lightning's
+    fetcher for unsized loaders) asks for batch i+1 before it trains on batch i:
+    it has trained one batch fewer than it has read.
+    """
+    if p.units == 0:
+        return p.yielded
+    return max(p.yielded - 1, min(p.yielded, p.units))
 
 
 def _autocast_precision(first: Any) -> str:

@@ -57,6 +57,7 @@ class Pass:
     keys: frozenset[tuple[str, int]]
     start: float
     yielded: int = 0
+    units: int = 0  # outermost backward() calls that finished while this pass trained
     trained: bool = False
     exhausted: bool = False
     iterator: Any = None

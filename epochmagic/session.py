@@ -135,6 +135,10 @@ def run_cell(
             finally:
                 rec.finish()
             iterators = [p.iterator for p in probes.passes.values() if p.iterator is not None]
+    if reason == "end" and probes.stopped is not None:
+        # code the cell called caught StopCell and returned normally (Ignite's
+        # EXCEPTION_RAISED handlers, a bare ``except:``): the stop still happened
+        reason = probes.stopped.reason
     if cap is not None:
         output = cap.stdout + cap.stderr
     end = probes.stop_time if probes.stop_time is not None else rec.end
@@ -260,8 +264,18 @@ def loop_length(tree: ast.Module, user_ns: dict[str, Any]) -> int | None:
         )
 
     safe_calls = {"len": len, "int": int, "min": min, "max": max, "abs": abs, "round": round}
-    safe_nodes = (ast.Expression, ast.Name, ast.Load, ast.Constant, ast.Attribute, ast.BinOp,
-                  ast.UnaryOp, ast.operator, ast.unaryop, ast.Call)
+    safe_nodes = (
+        ast.Expression,
+        ast.Name,
+        ast.Load,
+        ast.Constant,
+        ast.Attribute,
+        ast.BinOp,
+        ast.UnaryOp,
+        ast.operator,
+        ast.unaryop,
+        ast.Call,
+    )
 
     def readable(node: ast.expr) -> bool:
         """Names, numbers, arithmetic and len()/min()/max(): nothing with effects."""
@@ -275,15 +289,18 @@ def loop_length(tree: ast.Module, user_ns: dict[str, Any]) -> int | None:
         return True
 
     def length(expr: ast.expr) -> int | None:
-        if not (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name)
-                and expr.func.id == "range" and 1 <= len(expr.args) <= 3):
+        if not (
+            isinstance(expr, ast.Call)
+            and isinstance(expr.func, ast.Name)
+            and expr.func.id == "range"
+            and 1 <= len(expr.args) <= 3
+        ):
             return None
         if not all(readable(a) for a in expr.args):
             return None
         scope = {**user_ns, **safe_calls, "__builtins__": {}}
         try:
-            values = [eval(compile(ast.Expression(a), "<range>", "eval"), scope)
-                      for a in expr.args]
+            values = [eval(compile(ast.Expression(a), "<range>", "eval"), scope) for a in expr.args]
             return len(range(*[int(v) for v in values]))
         except Exception:  # noqa: BLE001 (anything unreadable means unknown)
             return None

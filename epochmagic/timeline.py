@@ -137,26 +137,80 @@ def _loader_steps(
     if iter_start is not None:
         asks[0] = iter_start
     n = len(infos)
-    last_ask = asks[n - 1]
     final = asks[n] if len(asks) > n else None
+    lag, cut = _read_ahead(events, p, asks, n, final)
+    if lag:
+        # The loop reads one batch ahead: the user's step i starts at the ask
+        # for batch i+1; the batch read last was never trained (cut: the cell
+        # stopped at the final ask) or is trained after the final ask.
+        read = [asks[0]] + asks[2 : n + 1]
+        starts, final = (read[:-1], read[-1]) if cut else (read, None)
+    else:
+        starts = asks[:n]
+    n = len(starts)
+    infos = infos[:n]
+    last_ask = starts[-1]
     # The last step also covers training that follows the final ask (loops that
-    # prefetch one batch ahead, such as Lightning's, ask before training on it).
+    # prefetch one batch ahead ask before training on it), and ends where the
+    # loop starts another loader's pass (an evaluation) before asking for the
+    # next batch (Ignite stops after len(loader) batches and asks again only in
+    # the next epoch, after its EPOCH_COMPLETED handlers).
     tail = last_ask
     for e in events:
         if e[0] <= last_ask:
             continue
         if e[1] == r.ITER_ENTER:
+            if final is not None and e[0] < final:
+                final = e[0]
             break
         if e[1] in TRAINING_EXITS:
             tail = e[0]
     step_end = max(final if final is not None else last_ask, tail)
     if final is None and tail == last_ask:
         step_end = end
-    bounds = [(asks[i], asks[i + 1]) for i in range(n - 1)] + [(last_ask, step_end)]
+    bounds = [(starts[i], starts[i + 1]) for i in range(n - 1)] + [(last_ask, step_end)]
     samples = [int(i[0]) for i in infos]
     tokens = [i[1] for i in infos]
     labels = [i[2] for i in infos]
     return bounds, samples, tokens, labels
+
+
+def _read_ahead(
+    events: list[r.Event], p: Pass, asks: list[float], n: int, final: float | None
+) -> tuple[int, bool]:
+    """(1 if the loop read one batch ahead of training else 0, whether the cell
+    was stopped at the final ask).
+
+    Read-ahead shows as exactly one batch more read than trained at the final
+    ask, with training after that ask (the pass ran out) or the cell stopped at
+    it (``--steps``). A loop that skips its last batch trains nothing after it.
+    """
+    if final is None or n < 2:
+        return 0, False
+    answered = any(
+        e[2] is p and e[1] in (r.NEXT_EXIT, r.NEXT_STOP) and e[0] >= final for e in events
+    )
+    units = 0
+    depth = 0
+    after = False
+    for e in events:
+        if e[0] < asks[0]:
+            continue
+        if e[1] == r.ITER_ENTER and e[0] > final:
+            break
+        if e[1] == r.BWD_ENTER:
+            depth += 1
+        elif e[1] == r.BWD_EXIT and depth:
+            depth -= 1
+            if depth == 0:
+                if e[0] < final:
+                    units += 1
+                else:
+                    after = True
+    cut = not answered
+    if units and n - units == 1 and (cut or after):
+        return 1, cut
+    return 0, cut
 
 
 def _update_steps(
@@ -223,7 +277,8 @@ def _eval_spans(
     spans: list[tuple[float, float]] = []
     busy = _passes_with_training(events)
     eval_passes = {
-        id(p) for p in passes
+        id(p)
+        for p in passes
         if not p.trained and not (p.keys & training_keys) and id(p) not in busy
     }
     open_pass: dict[int, float] = {}
@@ -282,8 +337,10 @@ def _passes_with_training(events: list[r.Event]) -> set[int]:
         elif e[1] in (r.BWD_ENTER, r.OPT_ENTER):
             training_at.append(i)
     return {
-        key for key, a in first.items()
-        if (j := bisect.bisect_right(training_at, a)) < len(training_at) and training_at[j] < last[key]
+        key
+        for key, a in first.items()
+        if (j := bisect.bisect_right(training_at, a)) < len(training_at)
+        and training_at[j] < last[key]
     }
 
 

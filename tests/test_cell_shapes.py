@@ -23,8 +23,15 @@ epochs_run = 0
 
 
 def check_phases(prof) -> None:
-    assert set(prof.phases) == {"data", "transfer", "forward", "backward", "optimizer", "eval",
-                                "other"}
+    assert set(prof.phases) == {
+        "data",
+        "transfer",
+        "forward",
+        "backward",
+        "optimizer",
+        "eval",
+        "other",
+    }
     assert min(prof.phases.values()) >= 0
     assert sum(prof.phases.values()) == pytest.approx(prof.wall_s, abs=1e-9)
     assert len(prof.step_times) == prof.steps == len(prof.step_phases)
@@ -35,7 +42,9 @@ def check_phases(prof) -> None:
 
 def test_outer_epoch_loop_runs_one_epoch_and_stops_silently(ip, capsys):
     run(ip, SETUP)
-    result = run(ip, """%%epochprofile -o prof --text
+    result = run(
+        ip,
+        """%%epochprofile -o prof --text
 for epoch in range(10):
     epochs_run += 1
     for xb, yb in train_loader:
@@ -44,7 +53,8 @@ for epoch in range(10):
         loss.backward()
         opt.step()
     print("finished epoch", epoch)
-""")
+""",
+    )
     out = capsys.readouterr().out
     assert result.result is None
     prof = ip.user_ns["prof"]
@@ -72,7 +82,9 @@ for epoch in range(10):
 
 def test_notebook_functions_and_eval_pass(ip):
     run(ip, SETUP)
-    run(ip, '''
+    run(
+        ip,
+        """
 def train_loop(dataloader, model, loss_fn, optimizer):
     model.train()
     for batch, (X, y) in enumerate(dataloader):
@@ -90,12 +102,16 @@ def test_loop(dataloader, model, loss_fn):
             pred = model(X)
             correct += (pred.argmax(1) == y).sum().item()
     return correct
-''')
-    run(ip, """%%epochprofile -o prof --text
+""",
+    )
+    run(
+        ip,
+        """%%epochprofile -o prof --text
 for t in range(5):
     train_loop(train_loader, model, loss_fn, opt)
     acc = test_loop(test_loader, model, loss_fn)
-""")
+""",
+    )
     prof = ip.user_ns["prof"]
     assert prof.steps == 20 and prof.stop_reason == "epoch"
     assert prof.phases["eval"] > 0
@@ -116,15 +132,20 @@ class SquaresDataset(torch.utils.data.Dataset):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_enumerate_tqdm_workers_drop_last_shuffle(ip, workers):
     ip.user_ns["SquaresDataset"] = SquaresDataset
-    run(ip, f"""
+    run(
+        ip,
+        f"""
 import torch, torch.nn as nn
 from tqdm.auto import tqdm
 loader = torch.utils.data.DataLoader(SquaresDataset(), batch_size=16, shuffle=True,
                                      drop_last=True, num_workers={workers})
 net = nn.Linear(8, 3)
 sgd = torch.optim.SGD(net.parameters(), lr=0.01)
-""")
-    run(ip, """%%epochprofile -o prof --text --no-lines
+""",
+    )
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines
 for epoch in range(3):
     for i, data in enumerate(tqdm(loader), 0):
         inputs, labels = data
@@ -132,7 +153,8 @@ for epoch in range(3):
         loss = nn.functional.cross_entropy(net(inputs), labels)
         loss.backward()
         sgd.step()
-""")
+""",
+    )
     prof = ip.user_ns["prof"]
     assert prof.steps == prof.steps_per_epoch == 6  # 100 // 16 with drop_last
     assert prof.samples == 96
@@ -141,7 +163,9 @@ for epoch in range(3):
 
 
 def test_gan_two_models_two_optimizers_one_step_per_batch(ip):
-    run(ip, """
+    run(
+        ip,
+        """
 import torch, torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 real = DataLoader(TensorDataset(torch.randn(256, 2)), batch_size=32, shuffle=True)
@@ -150,8 +174,11 @@ D = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 1))
 optG = torch.optim.Adam(G.parameters(), 1e-3)
 optD = torch.optim.Adam(D.parameters(), 1e-3)
 bce = nn.BCEWithLogitsLoss()
-""")
-    run(ip, """%%epochprofile -o prof --text --no-lines
+""",
+    )
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines
 for epoch in range(4):
     for (x,) in real:
         z = torch.randn(x.shape[0], 4)
@@ -164,7 +191,8 @@ for epoch in range(4):
         g_loss = bce(D(fake), torch.ones(len(x), 1))
         g_loss.backward()
         optG.step()
-""")
+""",
+    )
     prof = ip.user_ns["prof"]
     assert prof.steps == 8 and prof.samples == 256
     assert prof.phases["optimizer"] > 0
@@ -172,21 +200,27 @@ for epoch in range(4):
 
 
 def test_manual_slicing_without_dataloader(ip):
-    run(ip, """
+    run(
+        ip,
+        """
 import torch, torch.nn as nn
 X = torch.randn(512, 16); Y = torch.randn(512, 1)
 lin = nn.Linear(16, 1)
 sgd = torch.optim.SGD(lin.parameters(), lr=0.01)
 bs = 32
-""")
-    run(ip, """%%epochprofile -o prof --text --no-lines
+""",
+    )
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines
 for i in range(0, len(X), bs):
     xb, yb = X[i:i + bs], Y[i:i + bs]
     loss = ((lin(xb) - yb) ** 2).mean()
     sgd.zero_grad()
     loss.backward()
     sgd.step()
-""")
+""",
+    )
     prof = ip.user_ns["prof"]
     assert prof.step_clock == "optimizer"
     assert prof.steps == prof.steps_per_epoch == 16
@@ -196,7 +230,9 @@ for i in range(0, len(X), bs):
 
 
 def test_get_batch_accumulation_autocast_scaler_clipping_while_true(ip):
-    run(ip, """
+    run(
+        ip,
+        """
 import torch, torch.nn as nn
 data = torch.randint(0, 50, (4096,))
 def get_batch(bs=8, T=16):
@@ -215,8 +251,11 @@ class TinyLM(nn.Module):
 lm = TinyLM()
 adam = torch.optim.AdamW(lm.parameters(), lr=1e-3)
 scaler = torch.amp.GradScaler("cpu")
-""")
-    run(ip, """%%epochprofile -o prof --text --no-lines --steps 5
+""",
+    )
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines --steps 5
 it = 0
 while True:
     for micro in range(2):
@@ -232,7 +271,8 @@ while True:
     it += 1
     if it >= 1000:
         break
-""")
+""",
+    )
     prof = ip.user_ns["prof"]
     assert prof.steps == 5 and prof.stop_reason == "steps"
     assert prof.samples == 5 * 2 * 8
@@ -243,9 +283,12 @@ while True:
 
 
 def test_cell_that_trains_nothing(ip, capsys):
-    run(ip, """%%epochprofile -o prof --text
+    run(
+        ip,
+        """%%epochprofile -o prof --text
 x = 1 + 1
-""")
+""",
+    )
     assert ip.user_ns["x"] == 2
     prof = ip.user_ns["prof"]
     assert prof.steps == 0 and prof.status == "ok"
@@ -255,12 +298,15 @@ x = 1 + 1
 
 def test_steps_option_extrapolates_with_a_loader(ip):
     run(ip, SETUP)
-    run(ip, """%%epochprofile -o prof --text --no-lines --steps 5
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines --steps 5
 for epoch in range(2):
     for xb, yb in train_loader:
         loss = loss_fn(model(xb), yb)
         opt.zero_grad(); loss.backward(); opt.step()
-""")
+""",
+    )
     prof = ip.user_ns["prof"]
     assert prof.steps == 5 and prof.stop_reason == "steps" and prof.steps_per_epoch == 20
     assert prof.epoch_s > prof.wall_s
@@ -269,7 +315,9 @@ for epoch in range(2):
 
 def test_stop_is_not_swallowed_by_except_exception(ip):
     run(ip, SETUP)
-    run(ip, """%%epochprofile -o prof --text --no-lines
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines
 for epoch in range(3):
     try:
         for xb, yb in train_loader:
@@ -278,34 +326,41 @@ for epoch in range(3):
     except Exception:
         pass
     epochs_run += 1
-""")
+""",
+    )
     assert ip.user_ns["epochs_run"] == 1
     assert ip.user_ns["prof"].stop_reason == "epoch"
 
 
 def test_peeking_a_batch_is_not_the_first_pass(ip):
     run(ip, SETUP)
-    run(ip, """%%epochprofile -o prof --text --no-lines
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines
 xb0, yb0 = next(iter(train_loader))
 for epoch in range(3):
     for xb, yb in train_loader:
         loss = loss_fn(model(xb), yb)
         opt.zero_grad(); loss.backward(); opt.step()
     epochs_run += 1
-""")
+""",
+    )
     assert ip.user_ns["epochs_run"] == 1
     assert ip.user_ns["prof"].steps == 20
 
 
 def test_named_loader_option(ip):
     run(ip, SETUP)
-    run(ip, """%%epochprofile -o prof --text --no-lines --loader train_loader
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines --loader train_loader
 for epoch in range(3):
     for (xb, yb), (xt, yt) in zip(train_loader, test_loader):
         loss = loss_fn(model(xb), yb) + loss_fn(model(xt), yt)
         opt.zero_grad(); loss.backward(); opt.step()
     epochs_run += 1
-""")
+""",
+    )
     prof = ip.user_ns["prof"]
     assert ip.user_ns["epochs_run"] == 1
     assert prof.training_loader == "train_loader"

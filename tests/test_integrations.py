@@ -9,7 +9,6 @@ steps are the training loader's batches, and that the phases add up.
 from __future__ import annotations
 
 import pytest
-
 from conftest import run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -94,7 +93,9 @@ trainer = pl.Trainer(
 )
 """,
     )
-    run(ip, "%%epochprofile -o prof --text --no-lines\ntrainer.fit(lit, train_loader, val_loader)\n")
+    run(
+        ip, "%%epochprofile -o prof --text --no-lines\ntrainer.fit(lit, train_loader, val_loader)\n"
+    )
     ns = ip.user_ns
     prof, lit, trainer = ns["prof"], ns["lit"], ns["trainer"]
     _check_common(prof)
@@ -110,8 +111,10 @@ trainer = pl.Trainer(
     assert lit.train_batches == n
     # The sanity check (2 batches) and the end-of-epoch validation (2 batches) ran.
     assert lit.val_batches == 2 + len(ns["val_loader"])
-    # Lightning's _PrefetchDataFetcher asks for batch i+1 before training on
-    # batch i; the timeline still counts one step per training batch.
+    # With a sized loader Lightning's _PrefetchDataFetcher does not read ahead
+    # (it knows len()), and it stops after len(loader) batches without a
+    # StopIteration ask: exactly one step per batch. The sanity check's val
+    # pass comes before the first step, the validation after the last.
     assert prof.steps == n
     assert prof.steps_per_epoch == n
     assert prof.samples == len(ns["train_ds"])
@@ -214,8 +217,10 @@ for epoch in range(3):
     prof = ns["prof"]
     _check_common(prof)
     assert ns["epochs_done"] == 1
-    # accelerate's DataLoaderShard is a DataLoader subclass that iterates the
-    # base loader one batch ahead (to know which batch is the last).
+    # accelerate's DataLoaderShard is not a DataLoader subclass (it fakes
+    # __class__ and iterates its base_dataloader one batch ahead, to know which
+    # batch is the last): the count is right, the step bounds are shifted by one
+    # batch (see test_accelerate_steps_align_with_trained_batches).
     assert prof.steps == len(ns["dl"]) == 10
     assert prof.steps_per_epoch == 10
     assert prof.samples == 320
@@ -268,7 +273,7 @@ def validate(engine):
     assert prof.phases["eval"] > 0  # the evaluator's pass over val_loader
 
 
-# -- known epochmagic bugs (see the report; each xfail is strict) -------------------
+# -- regressions: Ignite's end-of-epoch handlers, swallowed stops, read-ahead loops ---
 
 IGNITE_SETUP = """
 import time
@@ -287,12 +292,6 @@ evaluator = create_supervised_evaluator(model)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="timeline._loader_steps ends the last step at the next ask of the training "
-    "iterator; Ignite makes it only in epoch 2, after its EPOCH_COMPLETED handlers, so "
-    "the end-of-epoch evaluation is counted inside the last step",
-)
 def test_ignite_end_of_epoch_evaluation_is_outside_steps(ip):
     pytest.importorskip("ignite")
     run(
@@ -314,11 +313,6 @@ def validate(engine):
     assert prof.outside_steps_s >= 0.2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session.run_cell reports stop_reason 'end' when a library swallows StopCell "
-    "(Ignite's EXCEPTION_RAISED handlers catch BaseException) although probes.stopped is set",
-)
 def test_ignite_exception_handler_swallowing_the_stop(ip):
     pytest.importorskip("ignite")
     run(
@@ -365,16 +359,9 @@ for epoch in range(3):
         trained += 1
 """
 
-READ_AHEAD = (
-    "the loop reads the DataLoader one batch ahead of training (accelerate's "
-    "DataLoaderShard; Lightning's _PrefetchDataFetcher for unsized loaders): step "
-    "bounds come from the inner loader's asks, so step 0 holds no training, the last "
-    "step holds two batches, and --steps N stops after N-1 trained batches"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=READ_AHEAD)
 def test_accelerate_steps_align_with_trained_batches(ip):
+    """DataLoaderShard reads the DataLoader one batch ahead of training."""
     pytest.importorskip("accelerate")
     run(ip, ACCELERATE_SETUP)
     run(ip, "%%epochprofile -o prof --text --no-lines" + ACCELERATE_CELL)
@@ -384,7 +371,6 @@ def test_accelerate_steps_align_with_trained_batches(ip):
     assert all(sp["forward"] > 0 and sp["backward"] > 0 for sp in prof.step_phases)
 
 
-@pytest.mark.xfail(strict=True, reason=READ_AHEAD)
 def test_accelerate_steps_option_trains_n_batches(ip):
     pytest.importorskip("accelerate")
     run(ip, ACCELERATE_SETUP)
@@ -395,7 +381,6 @@ def test_accelerate_steps_option_trains_n_batches(ip):
     assert ip.user_ns["trained"] == 3
 
 
-@pytest.mark.xfail(strict=True, reason=READ_AHEAD)
 def test_lightning_unsized_loader_steps_align_with_trained_batches(ip):
     pytest.importorskip("lightning")
     run(

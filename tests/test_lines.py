@@ -68,18 +68,24 @@ def test_profiled_epoch_with_lines_equals_a_plain_epoch(ip):
 
 def test_lines_cover_cell_and_notebook_functions_and_leave_code_alone(ip):
     run(ip, SETUP)
-    run(ip, """
+    run(
+        ip,
+        """
 def step(xb, yb):
     loss = nn.functional.cross_entropy(net(xb), yb)
     adam.zero_grad(); loss.backward(); adam.step()
     return loss
-""")
+""",
+    )
     code_before = ip.user_ns["step"].__code__
-    run(ip, """%%epochprofile -o prof --text
+    run(
+        ip,
+        """%%epochprofile -o prof --text
 for epoch in range(3):
     for xb, yb in loader:
         step(xb, yb)
-""")
+""",
+    )
     prof = ip.user_ns["prof"]
     assert ip.user_ns["step"].__code__ is code_before  # line_profiler's padding removed
     by_source = {ls.source.strip(): ls for ls in prof.lines}
@@ -91,13 +97,16 @@ for epoch in range(3):
 
 def test_traced_run_output_is_captured(ip, capsys):
     run(ip, SETUP)
-    run(ip, """%%epochprofile --text
+    run(
+        ip,
+        """%%epochprofile --text
 for epoch in range(2):
     for xb, yb in loader:
         loss = nn.functional.cross_entropy(net(xb), yb)
         adam.zero_grad(); loss.backward(); adam.step()
         print("step")
-""")
+""",
+    )
     out = capsys.readouterr().out
     assert out.splitlines().count("step") == 20  # the measured run's prints only
 

@@ -23,13 +23,17 @@ LOOP = """for epoch in range(3):
 
 def test_error_fails_the_cell_and_shows_the_users_line(ip, capsys):
     run(ip, SETUP)
-    result = run(ip, """%%epochprofile -o prof --text
+    result = run(
+        ip,
+        """%%epochprofile -o prof --text
 for i, (xb, yb) in enumerate(train_loader):
     loss = loss_fn(model(xb), yb)
     loss.backward(); opt.step()
     if i == 3:
         raise ValueError("bad batch")
-""", ok=False)
+""",
+        ok=False,
+    )
     assert isinstance(result.error_in_exec, ValueError)
     out = capsys.readouterr().out
     assert 'raise ValueError("bad batch")' in out  # the user's own source line
@@ -41,10 +45,13 @@ for i, (xb, yb) in enumerate(train_loader):
 
 
 def test_error_in_notebook_function_shows_its_line(ip, capsys):
-    run(ip, """
+    run(
+        ip,
+        """
 def boom(x):
     return x / undefined_name
-""")
+""",
+    )
     result = run(ip, "%%epochprofile --text\ny = boom(1)\n", ok=False)
     assert isinstance(result.error_in_exec, NameError)
     out = capsys.readouterr().out
@@ -53,13 +60,17 @@ def boom(x):
 
 def test_keyboard_interrupt_shows_partial_profile_and_stops_run_all(ip, capsys):
     run(ip, SETUP)
-    result = run(ip, """%%epochprofile -o prof --text
+    result = run(
+        ip,
+        """%%epochprofile -o prof --text
 for i, (xb, yb) in enumerate(train_loader):
     loss = loss_fn(model(xb), yb)
     opt.zero_grad(); loss.backward(); opt.step()
     if i == 4:
         raise KeyboardInterrupt
-""", ok=False)
+""",
+        ok=False,
+    )
     assert isinstance(result.error_in_exec, KeyboardInterrupt)  # Run All stops here
     prof = ip.user_ns["prof"]
     assert prof.status == "interrupted" and prof.steps == 5
@@ -68,13 +79,17 @@ for i, (xb, yb) in enumerate(train_loader):
 
 def test_out_of_memory_is_reported_and_cleaned_up(ip):
     run(ip, SETUP)
-    result = run(ip, """%%epochprofile -o prof --text --no-lines
+    result = run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines
 for i, (xb, yb) in enumerate(train_loader):
     loss = loss_fn(model(xb), yb)
     loss.backward(); opt.step()
     if i == 2:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-""", ok=False)
+""",
+        ok=False,
+    )
     assert isinstance(result.error_in_exec, torch.OutOfMemoryError)
     assert ip.user_ns["prof"].status == "oom"
 
@@ -108,12 +123,15 @@ def test_top_level_await_is_a_usage_error(ip):
 
 def test_line_form(ip):
     run(ip, SETUP)
-    run(ip, """
+    run(
+        ip,
+        """
 def train(model, loader):
     for xb, yb in loader:
         loss = loss_fn(model(xb), yb)
         opt.zero_grad(); loss.backward(); opt.step()
-""")
+""",
+    )
     result = run(ip, "%epochprofile -o prof --text --no-lines train(model, train_loader)")
     assert result.result is None
     prof = ip.user_ns["prof"]
@@ -140,8 +158,15 @@ def test_default_display_is_the_report(ip, capsys):
 
 def test_help_lists_the_options(ip):
     doc = ip.find_cell_magic("epochprofile").__doc__
-    for option in ("--out", "--steps", "--max-seconds", "--loader", "--text", "--no-lines",
-                   "--export"):
+    for option in (
+        "--out",
+        "--steps",
+        "--max-seconds",
+        "--loader",
+        "--text",
+        "--no-lines",
+        "--export",
+    ):
         assert option in doc
 
 
@@ -167,16 +192,22 @@ def test_unload_and_reload(ip):
 
 
 def test_max_seconds_stops_a_loop_without_loader(ip):
-    run(ip, """
+    run(
+        ip,
+        """
 import torch, torch.nn as nn, time
 w = nn.Linear(4, 1); o = torch.optim.SGD(w.parameters(), lr=0.1)
-""")
-    run(ip, """%%epochprofile -o prof --text --no-lines --max-seconds 0.3
+""",
+    )
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines --max-seconds 0.3
 for it in range(10_000):
     loss = w(torch.randn(8, 4)).pow(2).mean()
     o.zero_grad(); loss.backward(); o.step()
     time.sleep(0.01)
-""")
+""",
+    )
     prof = ip.user_ns["prof"]
     assert prof.stop_reason == "seconds"
     assert 0.3 <= prof.wall_s < 1.0

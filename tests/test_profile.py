@@ -12,15 +12,32 @@ from epochmagic.textreport import render, verdict
 
 
 def sample() -> EpochProfile:
-    phases = {"data": 0.6, "transfer": 0.0, "forward": 0.2, "backward": 0.1, "optimizer": 0.05,
-              "eval": 0.0, "other": 0.05}
+    phases = {
+        "data": 0.6,
+        "transfer": 0.0,
+        "forward": 0.2,
+        "backward": 0.1,
+        "optimizer": 0.05,
+        "eval": 0.0,
+        "other": 0.05,
+    }
     return EpochProfile(
-        wall_s=1.0, epoch_s=1.0, steps=2, steps_per_epoch=2, samples=64, samples_per_s=66.0,
-        phases=phases, outside_steps_s=0.05, step_times=[0.5, 0.45],
-        step_phases=[dict(phases, other=0.0) for _ in range(2)], step_starts_s=[0.02, 0.52],
-        lines=[LineStat("Cell In[3]", 4, "loss.backward()", 2, 0.1)], lines_steps=2,
+        wall_s=1.0,
+        epoch_s=1.0,
+        steps=2,
+        steps_per_epoch=2,
+        samples=64,
+        samples_per_s=66.0,
+        phases=phases,
+        outside_steps_s=0.05,
+        step_times=[0.5, 0.45],
+        step_phases=[dict(phases, other=0.0) for _ in range(2)],
+        step_starts_s=[0.02, 0.52],
+        lines=[LineStat("Cell In[3]", 4, "loss.backward()", 2, 0.1)],
+        lines_steps=2,
         findings=[Finding("data_loading", "Waiting for data", "…", 0.6, {"workers": 2}, "")],
-        config={"batch_size": 32}, environment={"device": "cpu", "cpu_count": 2},
+        config={"batch_size": 32},
+        environment={"device": "cpu", "cpu_count": 2},
     )
 
 

@@ -20,8 +20,10 @@ def state_of(model, opt, sched, scaler, loader) -> dict:
         "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
         "buffers": [b.clone() for b in model.buffers()],
         "training": [m.training for m in model.modules()],
-        "opt": {i: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
-                for i, s in enumerate(opt.state.values())},
+        "opt": {
+            i: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+            for i, s in enumerate(opt.state.values())
+        },
         "lr": [g["lr"] for g in opt.param_groups],
         "sched": sched.state_dict(),
         "scaler": scaler.state_dict(),
@@ -56,14 +58,19 @@ def assert_same(a: dict, b: dict) -> None:
 @pytest.fixture
 def world():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
-                                torch.nn.Linear(8, 2))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     gen = torch.Generator().manual_seed(3)
-    loader = DataLoader(TensorDataset(torch.randn(64, 4), torch.randn(64, 2)), batch_size=8,
-                        shuffle=True, generator=gen)
+    loader = DataLoader(
+        TensorDataset(torch.randn(64, 4), torch.randn(64, 2)),
+        batch_size=8,
+        shuffle=True,
+        generator=gen,
+    )
 
     def train(steps: int) -> None:
         for i, (x, y) in enumerate(loader):
@@ -84,8 +91,9 @@ def world():
 def test_restore_is_bit_identical_after_training(world):
     ns, train = world
     before = state_of(ns["model"], ns["opt"], ns["sched"], ns["scaler"], ns["loader"])
-    snap = Snapshot.take(ns, set(), modules=[ns["model"]], optimizers=[ns["opt"]],
-                         loaders=[ns["loader"]])
+    snap = Snapshot.take(
+        ns, set(), modules=[ns["model"]], optimizers=[ns["opt"]], loaders=[ns["loader"]]
+    )
     train(5)
     ns["model"].eval()
     random.random()
