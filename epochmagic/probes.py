@@ -48,8 +48,15 @@ class StopCell(BaseException):
     libraries' error handling) let it through, like KeyboardInterrupt.
     """
 
+    MESSAGES = {
+        "epoch": "epochmagic: one epoch measured, stopping the cell",
+        "steps": "epochmagic: --steps reached, stopping the cell",
+        "seconds": "epochmagic: time limit reached, stopping the cell",
+    }
+
     def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+        # Libraries that log the exception (Ignite does) print this, not a code.
+        super().__init__(self.MESSAGES.get(reason, f"epochmagic: stopping the cell ({reason})"))
         self.reason = reason
 
 
