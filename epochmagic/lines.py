@@ -33,7 +33,9 @@ def traced_steps(prof: EpochProfile) -> int:
     return max(1, min(prof.steps, max(MIN_STEPS, min(MAX_STEPS, n))))
 
 
-def attribute_lines(prof: EpochProfile, cell: Cell, shell: Any, run_probes: Any) -> None:
+def attribute_lines(
+    prof: EpochProfile, cell: Cell, shell: Any, run_probes: Any, hooks: dict[str, Any] | None = None
+) -> None:
     """Fill ``prof.lines`` / ``prof.lines_steps`` (or add a note saying why not)."""
     user_ns = shell.user_ns
     blocker = unrestorable(user_ns)

@@ -17,10 +17,22 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
+from epochmagic.firstrun import FirstRun
 from epochmagic.profile import EpochProfile
 from epochmagic.session import build_profile, compile_cell, run_cell
+from epochmagic.whatif import attach
 
-VALUE_OPTIONS = {"-o", "--out", "--steps", "--max-seconds", "--loader", "--export"}
+VALUE_OPTIONS = {
+    "-o",
+    "--out",
+    "--steps",
+    "--max-seconds",
+    "--loader",
+    "--export",
+    "--batch-size",
+    "--workers",
+    "--precision",
+}
 FLAG_OPTIONS = {"--text", "--no-lines", "-h", "--help"}
 EXPORT_SUFFIXES = (".trace.json", ".json")
 
@@ -46,6 +58,23 @@ class EpochMagics(Magics):
         "--loader",
         metavar="NAME",
         help="name of the training loader when the cell iterates several",
+    )
+    @argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        help="measure with the training loader rebuilt at batch size B",
+    )
+    @argument(
+        "--workers",
+        type=int,
+        metavar="W",
+        help="measure with the training loader rebuilt with W worker processes",
+    )
+    @argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="measure with autocast in this precision around the model's forward",
     )
     @argument("--text", action="store_true", help="print the plain-text report")
     @argument("--no-lines", action="store_true", help="skip line-level attribution")
@@ -89,6 +118,9 @@ class EpochMagics(Magics):
             text=args.text,
             lines=not args.no_lines,
             export=args.export,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            precision=args.precision,
         )
 
 
@@ -122,6 +154,10 @@ def _validate(args: Any) -> None:
     for opt, value in (("-o/--out", args.out), ("--loader", args.loader)):
         if value is not None and (not value.isidentifier() or keyword.iskeyword(value)):
             raise UsageError(f"{opt}: {value!r} is not a valid variable name")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {args.workers}")
     if args.export is not None and not args.export.endswith(EXPORT_SUFFIXES):
         raise UsageError(
             f"--export: cannot write {args.export!r}; use a .json (profile) or "
@@ -141,20 +177,33 @@ def profile_source(
     text: bool = False,
     lines: bool = True,
     export: str | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    precision: str | None = None,
 ) -> EpochProfile:
     """Run ``source`` once under the probes, report, and re-raise its error."""
     __tracebackhide__ = True  # noqa: F841
     cell = compile_cell(shell, source, magic_line)
-    run = run_cell(
-        cell, shell.user_ns, max_steps=steps, max_seconds=max_seconds, loader_name=loader
-    )
+    first = FirstRun.plan(shell.user_ns, loader, batch_size, workers, precision)
+    with first.applied(shell.user_ns):
+        run = run_cell(
+            cell,
+            shell.user_ns,
+            max_steps=steps,
+            max_seconds=max_seconds,
+            loader_name=loader,
+            **first.hooks(),
+        )
     prof = build_profile(run, cell, shell.user_ns)
+    first.describe(prof)
+    attach(prof, shell, cell, run, first.original)
     pending: BaseException | None = run.exc
     if lines and run.status == "ok" and prof.steps:
         from epochmagic.lines import attribute_lines
 
         try:
-            attribute_lines(prof, cell, shell, run.probes)
+            with first.applied(shell.user_ns):
+                attribute_lines(prof, cell, shell, run.probes, first.hooks())
         except KeyboardInterrupt as e:
             pending = e
     del run

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -131,6 +131,9 @@ class Probes:
         loader_name: str | None = None,
         user_ns: dict[str, Any] | None = None,
         watch_transfers: bool | None = None,
+        substitute: Callable[[Any], Any] | None = None,
+        autocast: Callable[[], Any] | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
         self.rec = rec
         self.max_steps = max_steps
@@ -140,6 +143,11 @@ class Probes:
         if watch_transfers is None:
             watch_transfers = bool(torch.accelerator.is_available())
         self.watch_transfers = watch_transfers
+        # what-if hooks: a rebuilt loader for the training loader, an autocast
+        # context around root forwards, a progress callback at step boundaries
+        self.substitute = substitute
+        self.autocast = autocast
+        self.on_step = on_step
         # live state
         self.passes: dict[int, Pass] = {}
         self.current: Pass | None = None  # the pass that handed out the latest batch
@@ -227,6 +235,8 @@ class Probes:
             probes._depth = 0
             if probes.stopped is not None or keys & probes.trained_keys:
                 probes._stop("epoch")
+            if probes.substitute is not None:  # a what-if's rebuilt training loader
+                loader = probes.substitute(loader) or loader
             p = Pass(loader, keys, rec.clock())
             rec.events.append((p.start, r.ITER_ENTER, p, None))
             try:
@@ -256,7 +266,10 @@ class Probes:
             if probes.stopped is not None:
                 probes._stop(probes.stopped.reason)
             if p.trained:
-                probes._check_limits(_steps_done(p), t, None)
+                done = _steps_done(p)
+                if probes.on_step is not None:
+                    probes.on_step(done)
+                probes._check_limits(done, t, None)
             try:
                 batch = orig_next(it)
             except StopIteration:
@@ -303,7 +316,10 @@ class Probes:
             probes._depth = 1
             probes._enter_forward(module, args, kwargs)
             try:
-                return original(module, *args, **kwargs)
+                if probes.autocast is None:
+                    return original(module, *args, **kwargs)
+                with probes.autocast():
+                    return original(module, *args, **kwargs)
             finally:
                 probes._depth = 0
                 rec.mark(r.FWD_EXIT, module)
@@ -351,14 +367,21 @@ class Probes:
             probes._discovering = module
             probes._enter_forward(module, tuple(args), {})
             probes._adopt_root_class(type(module))
+            if probes.autocast is not None:
+                probes._discovery_ctx = probes.autocast()
+                probes._discovery_ctx.__enter__()
 
         def post(module: Any, args: Any, output: Any) -> None:
             if getattr(probes, "_discovering", None) is module and probes._depth == 1:
                 probes._discovering = None
                 probes._depth = 0
+                if probes._discovery_ctx is not None:
+                    ctx, probes._discovery_ctx = probes._discovery_ctx, None
+                    ctx.__exit__(None, None, None)
                 rec.mark(r.FWD_EXIT, module)
 
         self._discovering: Any = None
+        self._discovery_ctx: Any = None
         handles = [
             mm.register_module_forward_pre_hook(pre),
             mm.register_module_forward_hook(post, always_call=True),
@@ -488,6 +511,8 @@ class Probes:
             self.clock_opt = opt
         if opt is self.clock_opt:
             self.clock_steps += 1
+            if self.on_step is not None:
+                self.on_step(self.clock_steps)
             self.rec.events.append((self.rec.clock(), r.MEM, None, self._mem.rss()))
             self._check_limits(self.clock_steps, self.rec.clock(), DEFAULT_NO_LOADER_SECONDS)
 

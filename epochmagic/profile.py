@@ -77,6 +77,7 @@ class EpochProfile:
     skipped_steps: int = 0  # optimizer steps a GradScaler skipped
     notes: list[str] = field(default_factory=list)
     cell: str = ""  # source of the profiled cell
+    cpu_s: float | None = None  # process CPU seconds during the run (all threads)
 
     # -- derived -------------------------------------------------------------
     @property
@@ -136,6 +137,45 @@ class EpochProfile:
         if name.endswith(".json"):
             return self.save(path)
         raise ValueError(f"cannot export to {name!r}: use a .json or .trace.json file name")
+
+    # -- what-ifs --------------------------------------------------------------
+    def rerun(
+        self,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        precision: str | None = None,
+        steps: int | None = None,
+        threads: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        prefetch_factor: int | None = None,
+        fused: bool | None = None,
+    ) -> EpochProfile:
+        """Measure the same cell under another setting (``None`` keeps this
+        profile's value); models, optimizers, RNGs and loaders are restored
+        afterwards. ``steps`` defaults to 30 (or the epoch, if shorter) and the
+        result's ``epoch_s`` extrapolates to the full epoch."""
+        from epochmagic.whatif import rerun
+
+        return rerun(
+            self,
+            steps=steps,
+            batch_size=batch_size,
+            workers=workers,
+            precision=precision,
+            threads=threads,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            prefetch_factor=prefetch_factor,
+            fused=fused,
+        )
+
+    def sweep(self, steps: int | None = None, **grid: Any) -> list[EpochProfile]:
+        """Run a grid of what-ifs (lists for any ``rerun`` keyword), e.g.
+        ``sweep(workers=[0, 2], threads=[1, 2])``; ranked fastest first."""
+        from epochmagic.whatif import sweep
+
+        return sweep(self, steps=steps, **grid)
 
     # -- display ---------------------------------------------------------------
     def text(self) -> str:

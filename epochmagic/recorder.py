@@ -71,13 +71,17 @@ class Recorder:
     events: list[Event] = field(default_factory=list)
     start: float = 0.0
     end: float = 0.0
+    cpu_start: float = 0.0  # process CPU time (all threads of this process)
+    cpu_end: float = 0.0
 
     def begin(self) -> None:
         self.events.clear()
+        self.cpu_start = time.process_time()
         self.start = self.clock()
 
     def finish(self) -> None:
         self.end = self.clock()
+        self.cpu_end = time.process_time()
 
     def mark(self, kind: int, obj: Any = None, info: Any = None) -> float:
         t = self.clock()

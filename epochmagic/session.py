@@ -46,6 +46,7 @@ class RunResult:
     probes: Probes
     output: str | None = None
     iterators: list[Any] = field(default_factory=list)
+    cpu_s: float = 0.0  # process CPU time during the run
 
 
 def compile_cell(shell: Any, source: str, magic_line: str | None = None) -> Cell:
@@ -99,12 +100,22 @@ def run_cell(
     loader_name: str | None = None,
     capture: bool = False,
     tracer: Any = None,
+    substitute: Any = None,
+    autocast: Any = None,
+    on_step: Any = None,
 ) -> RunResult:
     """Execute the cell once under the probes; never lets a probe outlive it."""
     __tracebackhide__ = True  # noqa: F841  (IPython hides this frame in tracebacks)
     rec = Recorder()
     probes = Probes(
-        rec, max_steps=max_steps, max_seconds=max_seconds, loader_name=loader_name, user_ns=user_ns
+        rec,
+        max_steps=max_steps,
+        max_seconds=max_seconds,
+        loader_name=loader_name,
+        user_ns=user_ns,
+        substitute=substitute,
+        autocast=autocast,
+        on_step=on_step,
     )
     status, reason = "ok", "end"
     exc: BaseException | None = None
@@ -151,7 +162,9 @@ def run_cell(
     )
     if exc is not None:
         exc = _from_cell(exc, cell.filename)
-    return RunResult(status, reason, exc, timeline, probes, output, iterators)
+    return RunResult(
+        status, reason, exc, timeline, probes, output, iterators, rec.cpu_end - rec.cpu_start
+    )
 
 
 @contextlib.contextmanager
@@ -235,6 +248,7 @@ def build_profile(run: RunResult, cell: Cell, user_ns: dict[str, Any]) -> EpochP
         training_loader=_loader_name(loader, user_ns),
         skipped_steps=probes.scaler_skips,
         cell=cell.source,
+        cpu_s=run.cpu_s,
     )
     prof.notes = _notes(prof, run, probes)
     return prof

@@ -1,0 +1,516 @@
+"""What-if runs: the same cell again under another setting, measured.
+
+``EpochProfile.rerun`` and ``sweep`` land here. A run re-executes the cell in
+the user's namespace with the training loader rebuilt (``loaders.rebuild``),
+autocast around root forwards for another precision, ``torch.set_num_threads``
+and fused optimizer copies as asked, everything snapshotted before and restored
+after (``snapshot``); its output is captured. The user's loader, model and
+optimizer objects end exactly as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from epochmagic import environment as envmod
+from epochmagic import loaders, predict
+from epochmagic.loaders import Unsupported
+from epochmagic.probes import loader_keys
+from epochmagic.profile import EpochProfile
+from epochmagic.session import Cell, build_profile, run_cell
+from epochmagic.snapshot import Snapshot, rebound_names
+from epochmagic.timeline import steady_median
+
+DEFAULT_STEPS = 30
+PRECISIONS = ("fp32", "bf16", "fp16")
+LOADER_KEYS = ("batch_size", "workers", "pin_memory", "persistent_workers", "prefetch_factor")
+SETTING_KEYS = ("batch_size", "workers", "precision", "threads", *LOADER_KEYS[2:], "fused")
+FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad)
+
+
+@dataclass
+class RunContext:
+    """What a profile needs to run its cell again."""
+
+    shell: Any
+    cell: Cell
+    loader_name: str | None
+    train_loader: Any  # the user's training DataLoader, never modified
+    modules: list[Any]
+    optimizers: list[Any]
+    loaders: list[Any]
+    history: list[EpochProfile] = field(default_factory=list)
+    loading: dict[str, float] | None = None
+
+
+def attach(prof: EpochProfile, shell: Any, cell: Cell, run: Any, original_loader: Any) -> None:
+    tl = run.timeline
+    train = original_loader
+    if train is None and tl.training_pass is not None:
+        train = tl.training_pass.loader
+    prof._context = RunContext(  # type: ignore[attr-defined]
+        shell=shell,
+        cell=cell,
+        loader_name=run.probes.loader_name,
+        train_loader=train,
+        modules=list(run.probes.roots.values()),
+        optimizers=list(run.probes.optimizers.values()),
+        loaders=[p.loader for p in run.probes.iter_passes() if p.loader is not None],
+    )
+
+
+def _context(prof: EpochProfile) -> RunContext:
+    ctx = getattr(prof, "_context", None)
+    if ctx is None:
+        raise RuntimeError(
+            "this profile has no cell to re-run (it was loaded from a file or built by hand); "
+            "profile the cell with %%epochprofile -o prof first"
+        )
+    return ctx  # type: ignore[no-any-return]
+
+
+# -- settings ------------------------------------------------------------------------
+def resolve(base: EpochProfile, **changes: Any) -> dict[str, Any]:
+    """The full setting of a what-if: ``None`` keeps the baseline's value."""
+    cfg = base.config
+    setting = {k: cfg.get(k) for k in SETTING_KEYS}
+    setting["precision"] = cfg.get("precision") or "fp32"
+    setting["threads"] = cfg.get("threads") or torch.get_num_threads()
+    for key, value in changes.items():
+        if key not in SETTING_KEYS:
+            raise TypeError(
+                f"unknown what-if setting {key!r}; use one of {', '.join(SETTING_KEYS)}"
+            )
+        if value is not None:
+            setting[key] = value
+    _validate(setting)
+    return setting
+
+
+def _validate(s: dict[str, Any]) -> None:
+    for key in ("batch_size", "threads", "prefetch_factor"):
+        v = s.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"{key} must be a positive integer, got {v!r}")
+    w = s.get("workers")
+    if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 0):
+        raise ValueError(f"workers must be a non-negative integer, got {w!r}")
+    if s.get("precision") not in PRECISIONS:
+        raise ValueError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {s['precision']!r}"
+        )
+
+
+def label(setting: dict[str, Any], base: EpochProfile) -> str:
+    """The changed settings, e.g. ``workers=2, threads=1``; ``baseline`` if none."""
+    cfg = {**base.config, "threads": base.config.get("threads")}
+    parts = [f"{k}={setting[k]}" for k in SETTING_KEYS if setting.get(k) != cfg.get(k)]
+    return ", ".join(parts) or "baseline"
+
+
+# -- one run ---------------------------------------------------------------------------
+def rerun(
+    base: EpochProfile, steps: int | None = None, _progress: Any = None, **changes: Any
+) -> EpochProfile:
+    ctx = _context(base)
+    setting = resolve(base, **changes)
+    n_steps = steps if steps is not None else default_steps(base)
+    if n_steps < 1:
+        raise ValueError(f"steps must be at least 1, got {n_steps}")
+    predicted = predict.epoch(base, setting, ctx.history, _loading(base, ctx, setting))
+    try:
+        plan = _plan(base, ctx, setting)
+    except Unsupported as e:
+        return _unsupported(base, setting, predicted, str(e))
+    with _progress_bar(_progress, n_steps, label(setting, base)) as on_step:
+        result = _run(base, ctx, setting, plan, n_steps, on_step)
+    result.predicted = predicted
+    ctx.history.append(result)
+    return result
+
+
+def _loading(base: EpochProfile, ctx: RunContext, s: dict[str, Any]) -> dict[str, float] | None:
+    """Per-batch loading cost, measured once when worker processes hide it."""
+    if not base.config.get("workers") or ctx.train_loader is None:
+        return None
+    if ctx.loading is None:
+        ctx.loading = loaders.loading_cost(ctx.train_loader) or {}
+    return ctx.loading or None
+
+
+def default_steps(base: EpochProfile) -> int:
+    """Enough steps for a steady median after warm-up, within the epoch."""
+    if base.steps_per_epoch:
+        return max(1, min(DEFAULT_STEPS, base.steps_per_epoch))
+    return DEFAULT_STEPS
+
+
+@dataclass
+class _Plan:
+    substitute: Callable[[Any], Any] | None
+    autocast: Callable[[], Any] | None
+    rebuilt: list[Any]
+    steps_per_epoch: int | None
+    notes: list[str]
+
+
+def _plan(base: EpochProfile, ctx: RunContext, s: dict[str, Any]) -> _Plan:
+    notes: list[str] = []
+    # compared with the user's loader: the baseline may itself be a what-if
+    # (%%epochprofile --batch-size 64)
+    current = envmod.loader_config(ctx.train_loader)
+    loader_changes = {
+        k: s[k] for k in LOADER_KEYS if s.get(k) is not None and s.get(k) != current.get(k)
+    }
+    rebuilt: list[Any] = []
+    substitute: Callable[[Any], Any] | None = None
+    steps_per_epoch = base.steps_per_epoch
+    if loader_changes:
+        if ctx.train_loader is None or base.step_clock != "loader":
+            raise Unsupported(
+                f"{', '.join(loader_changes)}: this cell has no training DataLoader to change "
+                "(its steps are counted by the optimizer)"
+            )
+        substitute, rebuilt = substitution(ctx.train_loader, loader_changes)
+        _check_memory(base, s)
+        try:
+            steps_per_epoch = len(rebuilt[0])
+        except TypeError:
+            steps_per_epoch = None
+
+    autocast = _autocast(base, s, notes)
+    return _Plan(substitute, autocast, rebuilt, steps_per_epoch, notes)
+
+
+def substitution(original: Any, changes: dict[str, Any]) -> tuple[Callable[[Any], Any], list[Any]]:
+    """A probe hook that swaps the training loader (and any loader over its
+    dataset, e.g. skorch's fresh one each epoch) for a rebuilt one."""
+    template = loaders.rebuild(original, **changes)
+    keys = loader_keys(original)
+    cache: dict[int, Any] = {id(original): template}
+    rebuilt = [template]
+
+    def substitute(loader: Any) -> Any:
+        if any(loader is r for r in rebuilt) or not (loader_keys(loader) & keys):
+            return None
+        if id(loader) not in cache:
+            cache[id(loader)] = loaders.rebuild(loader, **changes)
+            rebuilt.append(cache[id(loader)])
+        return cache[id(loader)]
+
+    return substitute, rebuilt
+
+
+def _autocast(base: EpochProfile, s: dict[str, Any], notes: list[str]) -> Callable[[], Any] | None:
+    device = str(base.config.get("device") or "cpu").split(":")[0]
+    return autocast_factory(s["precision"], base.config.get("precision") or "fp32", device, notes)
+
+
+def autocast_factory(
+    want: str, have: str, device: str, notes: list[str]
+) -> Callable[[], Any] | None:
+    """An autocast context for root forwards, or None when nothing changes."""
+    if want == have:
+        return None
+    if want == "fp32":
+        return lambda: torch.autocast(device, enabled=False)
+    dtype = torch.bfloat16 if want == "bf16" else torch.float16
+    check_precision(device, dtype, want)
+    if want == "fp16" and device == "cuda":
+        notes.append(
+            "fp16 without the cell's own GradScaler: losses may underflow, the timing holds"
+        )
+    return lambda: torch.autocast(device, dtype=dtype)
+
+
+def check_precision(device: str, dtype: torch.dtype, name: str) -> None:
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise Unsupported(f"{name}: CUDA is not available")
+        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise Unsupported(f"{name}: {torch.cuda.get_device_name()} has no bfloat16 support")
+        return
+    try:
+        with torch.autocast(device, dtype=dtype):
+            torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
+    except (RuntimeError, ValueError) as e:
+        raise Unsupported(f"{name}: autocast on {device} cannot run it ({e})") from None
+
+
+def _check_memory(base: EpochProfile, s: dict[str, Any]) -> None:
+    """On the CPU a real out-of-memory kills the kernel instead of raising:
+    refuse a batch size whose estimated memory will not fit."""
+    old, new = base.config.get("batch_size"), s.get("batch_size")
+    mem = base.memory
+    if mem.get("kind") != "cpu" or not old or not new or new <= old:
+        return
+    per_step = mem.get("per_step_bytes") or []
+    baseline = min(per_step) if per_step else 0
+    grow = max(0, int(mem.get("peak_bytes", 0)) - baseline)
+    estimate = grow * (new / old - 1)
+    free = _available_memory()
+    if free is not None and estimate > 0.8 * free:
+        raise Unsupported(
+            f"batch_size={new}: estimated {estimate / 2**30:.1f} GiB more memory than batch "
+            f"{old} used, but only {free / 2**30:.1f} GiB is available"
+        )
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _run(
+    base: EpochProfile,
+    ctx: RunContext,
+    s: dict[str, Any],
+    plan: _Plan,
+    n_steps: int,
+    on_step: Callable[[int], None] | None,
+) -> EpochProfile:
+    shell, cell = ctx.shell, ctx.cell
+    ns = shell.user_ns
+    names = rebound_names(cell.tree)
+    loader_names = {
+        n for n, v in ns.items() if v is ctx.train_loader and ctx.train_loader is not None
+    }
+    opt_names = {n for n, v in ns.items() if any(v is o for o in ctx.optimizers)}
+    snap = Snapshot.take(
+        ns,
+        names | loader_names | opt_names,
+        modules=ctx.modules,
+        optimizers=ctx.optimizers,
+        loaders=ctx.loaders,
+    )
+    threads = torch.get_num_threads()
+    run = None
+    try:
+        if plan.rebuilt:
+            for n in loader_names:
+                ns[n] = plan.rebuilt[0]
+        with contextlib.ExitStack() as stack:
+            if s["fused"] and not base.config.get("fused"):
+                stack.enter_context(_fused(ns, opt_names, ctx.optimizers, plan.notes))
+            torch.set_num_threads(int(s["threads"]))
+            run = run_cell(
+                cell,
+                ns,
+                max_steps=n_steps,
+                loader_name=ctx.loader_name,
+                capture=True,
+                substitute=plan.substitute,
+                autocast=plan.autocast,
+                on_step=on_step,
+            )
+    finally:
+        torch.set_num_threads(threads)
+        snap.restore()
+        _shut_down(plan.rebuilt, run.iterators if run is not None else [])
+        if run is not None and run.status == "oom":
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    if run.status == "interrupted":
+        raise KeyboardInterrupt
+    prof = build_profile(run, cell, ns)
+    prof.config.update(
+        {k: s[k] for k in SETTING_KEYS if k != "precision"}, precision=s["precision"]
+    )
+    if not prof.config.get("workers"):
+        prof.config["prefetch_factor"] = None
+    prof.steps_per_epoch = plan.steps_per_epoch
+    prof.epoch_s = _epoch_estimate(base, prof)
+    prof.notes = [*plan.notes, *_what_ran(prof, n_steps)]
+    if run.status == "oom":
+        prof.error = f"out of memory at {label(s, base)}: {prof.error}"
+    prof._context = ctx  # type: ignore[attr-defined]
+    return prof
+
+
+def _epoch_estimate(base: EpochProfile, prof: EpochProfile) -> float | None:
+    """Steps measured + the rest at the steady median; time outside the steps
+    borrowed from the baseline when this run did no evaluation."""
+    if prof.status != "ok" or not prof.steps:
+        return None
+    med = steady_median(prof.step_times) or 0.0
+    total = prof.steps_per_epoch
+    if total is None:
+        return None
+    outside = prof.outside_steps_s
+    if prof.phases.get("eval", 0.0) == 0.0 and prof.steps < total:
+        outside = base.outside_steps_s
+    return outside + sum(prof.step_times) + max(0, total - prof.steps) * med
+
+
+def _what_ran(prof: EpochProfile, n_steps: int) -> list[str]:
+    if prof.status != "ok":
+        return [f"what-if {prof.status}: {prof.error}"]
+    if prof.steps < min(n_steps, prof.steps_per_epoch or n_steps):
+        return [f"only {prof.steps} of the {n_steps} requested steps ran (the cell ended first)"]
+    return [
+        f"what-if measured {prof.steps} steps; epoch time extrapolated to "
+        f"{prof.steps_per_epoch} steps"
+    ]
+
+
+def _unsupported(base: EpochProfile, s: dict[str, Any], predicted: Any, why: str) -> EpochProfile:
+    cfg = {**base.config, **{k: s[k] for k in SETTING_KEYS}}
+    return EpochProfile(
+        status="unsupported",
+        error=why,
+        config=cfg,
+        environment=dict(base.environment),
+        predicted=predicted,
+        notes=[f"not run: {why}"],
+        cell=base.cell,
+    )
+
+
+def _shut_down(rebuilt: list[Any], iterators: list[Any]) -> None:
+    """Worker processes of the rebuilt loaders must not outlive the run."""
+    for it in [*iterators, *(getattr(r, "_iterator", None) for r in rebuilt)]:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+@contextlib.contextmanager
+def _fused(
+    ns: dict[str, Any], names: set[str], optimizers: list[Any], notes: list[str]
+) -> Iterator[None]:
+    """Run with fused copies of the namespace's optimizers (the user's are not
+    touched) and with fused=True for optimizers the cell creates."""
+    for name in names:
+        copy = fused_copy(ns[name])
+        if copy is not None:
+            ns[name] = copy
+        else:
+            notes.append(f"{type(ns[name]).__name__} has no fused implementation: {name} unchanged")
+    originals = {cls: cls.__init__ for cls in FUSABLE}
+
+    def make_init(cls: type, init: Any) -> Any:
+        def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:
+            if "fused" not in kwargs and not args:
+                kwargs["fused"] = True
+                kwargs.setdefault("foreach", None)
+            init(self, params, *args, **kwargs)
+
+        return __init__
+
+    try:
+        for cls, init in originals.items():
+            cls.__init__ = make_init(cls, init)  # type: ignore[misc,method-assign]
+        yield
+    finally:
+        for cls, init in originals.items():
+            cls.__init__ = init  # type: ignore[misc,method-assign]
+
+
+def fused_copy(opt: Any) -> Any:
+    """A fused optimizer with ``opt``'s hyper-parameters and state, or None."""
+    if type(opt) not in FUSABLE:
+        return None
+    groups = []
+    for g in opt.param_groups:
+        g2 = dict(g)
+        g2["params"] = list(g["params"])
+        g2["fused"], g2["foreach"] = True, None
+        groups.append(g2)
+    defaults = {k: v for k, v in opt.defaults.items() if k not in ("fused", "foreach")}
+    try:
+        new = type(opt)(groups, **defaults, fused=True)
+        new.load_state_dict(opt.state_dict())
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    for g in new.param_groups:  # load_state_dict turns fused off again
+        g["fused"], g["foreach"] = True, None
+    for p, st in new.state.items():
+        if "step" in st and torch.is_tensor(st["step"]):
+            st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+    return new
+
+
+@contextlib.contextmanager
+def _progress_bar(bar: Any, total: int, desc: str) -> Iterator[Callable[[int], None] | None]:
+    if bar is False:
+        yield None
+        return
+    if bar is None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"what-if {desc}", unit="step", leave=False)
+        own = True
+    else:
+        own = False
+        bar.reset(total=total)
+        bar.set_description(f"what-if {desc}")
+
+    def on_step(done: int) -> None:
+        bar.n = min(done, total)
+        bar.refresh()
+
+    try:
+        yield on_step
+    finally:
+        if own:
+            bar.close()
+
+
+# -- sweeps ----------------------------------------------------------------------------
+def sweep(base: EpochProfile, steps: int | None = None, **grid: Any) -> list[EpochProfile]:
+    """Run every combination of the listed settings; ranked by epoch time
+    (fastest first), unsupported and failed runs last."""
+    keys = list(grid)
+    values = [v if isinstance(v, (list, tuple)) else [v] for v in grid.values()]
+    combos = [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+    from tqdm.auto import tqdm
+
+    results = []
+    with tqdm(total=len(combos), desc="sweep", unit="run") as outer:
+        for combo in combos:
+            results.append(rerun(base, steps=steps, _progress=False, **combo))
+            outer.update(1)
+    return rank(results)
+
+
+def rank(results: list[EpochProfile]) -> list[EpochProfile]:
+    def key(p: EpochProfile) -> tuple[int, float]:
+        if p.status == "ok" and p.epoch_s is not None:
+            return (0, p.epoch_s)
+        return (1, 0.0)
+
+    return sorted(results, key=key)
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+__all__ = [
+    "Unsupported",
+    "attach",
+    "default_steps",
+    "fused_copy",
+    "rank",
+    "replace",
+    "rerun",
+    "sweep",
+]
