@@ -77,18 +77,9 @@ def epoch(
             )
         )
     L1, X1 = L * ratio, X * ratio
-    # how many cores the main process keeps busy while computing
-    cpu_s = base.cpu_s or 0.0
-    main_loading = base.steps * L if W0 == 0 else 0.0
-    busy = (cpu_s - main_loading) / max(1e-9, base.wall_s - main_loading)
-    k = max(1.0, min(float(t0), busy))
-    k1 = min(k, float(t1))
-    if W1 == 0:
-        step = L1 + C1 + X1
-    else:
-        step = max(L1 / W1, C1, (L1 + k1 * C1) / cores) + X1
+    step = _pipeline(L1, C1, X1, W1, t0, t1, cores, base)
     if W1 != W0 or t1 != t0:
-        models.append("pipeline: max(L/W, C, (L + k*C)/cores)")
+        models.append("pipeline: max(L/(W*share), C/share) + transfer, share = cores/busy threads")
     startup = 0.0
     if W1 > 0 and W0 == 0:
         startup = WORKER_START_S * W1
@@ -105,6 +96,33 @@ def epoch(
         "samples_per_s": samples / (N1 * step) if samples and step > 0 else None,
         "model": "; ".join(models) or "unchanged",
     }
+
+
+def _pipeline(
+    L: float, C: float, X: float, W: int, t0: int, t1: int, cores: int, base: EpochProfile
+) -> float:
+    """Steady step time with W loader workers and t1 intra-op threads.
+
+    Workers and the main process share the cores. The main process keeps
+    ``busy`` cores occupied: measured in the baseline as its CPU time over wall
+    time (torch's OpenMP threads spin between ops, so with t > 1 that is close
+    to t even while it waits for data); with one thread it sleeps while it waits
+    and is busy only for its own compute. Each busy thread then gets ``share``
+    = cores / (W + busy) of a core.
+    """
+    if W == 0:
+        return L + C + X
+    busy0 = (base.cpu_s or 0.0) / base.wall_s if base.wall_s else 1.0
+    busy_spin = max(1.0, min(float(t1), busy0 if t1 >= t0 else busy0 * t1 / t0))
+    step = L / W + C + X
+    for _ in range(20):  # busy depends on the step time when the main thread sleeps
+        busy = busy_spin if t1 > 1 else min(1.0, C / max(step, 1e-12))
+        share = min(1.0, cores / (W + busy))
+        new = max(L / (W * share), C / share) + X
+        if abs(new - step) < 1e-9:
+            break
+        step = new
+    return step
 
 
 def _ok(history: list[EpochProfile]) -> list[EpochProfile]:
