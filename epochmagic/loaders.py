@@ -131,7 +131,7 @@ def rebuild(
         default = loader.prefetch_factor if loader.num_workers else 2
         kwargs["prefetch_factor"] = prefetch_factor if prefetch_factor is not None else default
     if custom_batches:
-        kwargs.update(batch_size=None, batch_sampler=loader.batch_sampler)
+        kwargs["batch_sampler"] = loader.batch_sampler  # batch_size must stay at its default
     elif loader.batch_size is None:  # no batching at all: samples go through as they are
         kwargs.update(batch_size=None, sampler=_sampler(loader, dataset))
     else:
