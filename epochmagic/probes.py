@@ -39,6 +39,7 @@ from epochmagic import recorder as r
 from epochmagic.recorder import MemoryReader, Pass, Recorder
 
 DEFAULT_NO_LOADER_SECONDS = 60.0
+MEMORY_EVERY_S = 0.01
 
 
 class StopCell(BaseException):
@@ -175,6 +176,7 @@ class Probes:
         self._patched_classes: dict[type, Any] = {}
         self._discovery: list[Any] = []
         self._mem = MemoryReader()
+        self._last_memory = float("-inf")
 
     # -- install / remove -------------------------------------------------
     def __enter__(self) -> Probes:
@@ -261,8 +263,8 @@ class Probes:
                 p.iterator = it
                 probes.passes[id(it)] = p
             probes._depth = 0
-            rec.events.append((rec.clock(), r.MEM, None, probes._mem.rss()))
             t = rec.mark(r.NEXT_ENTER, p)
+            probes._sample_memory(t)
             if probes.stopped is not None:
                 probes._stop(probes.stopped.reason)
             if p.trained:
@@ -330,13 +332,26 @@ class Probes:
             return
         self._patched_classes[cls] = original
 
+    def _sample_memory(self, now: float) -> None:
+        """Read RSS at a step boundary, at most every MEMORY_EVERY_S: at
+        hundreds of steps per second a read per step would cost more than the
+        rest of the probes."""
+        if now - self._last_memory >= MEMORY_EVERY_S:
+            self._last_memory = now
+            self.rec.events.append((now, r.MEM, None, self._mem.rss()))
+
     def _enter_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         grad = torch.is_grad_enabled()
-        first = _first_tensor_arg(args, kwargs)
-        samples = int(first.shape[0]) if first is not None and first.dim() > 0 else 0
-        tokens = None
-        if first is not None and first.dim() >= 2 and not first.is_floating_point():
-            tokens = int(first.numel())
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if first is None:
+            first = _first_tensor_arg(args, kwargs)
+        samples, tokens = 0, None
+        if first is not None:
+            shape = first.shape
+            if shape:
+                samples = shape[0]
+                if len(shape) >= 2 and not first.is_floating_point():
+                    tokens = first.numel()
         if grad and self.precision is None and module.training:
             self.precision = _autocast_precision(first)
         self.roots.setdefault(id(module), module)
@@ -418,7 +433,8 @@ class Probes:
             backward.__wrapped__ = original  # type: ignore[attr-defined]
             return backward
 
-        self._patch(torch.Tensor, "backward", wrap(torch.Tensor.backward))
+        # Tensor.backward calls torch.autograd.backward through the module
+        # attribute, so one wrapper sees both (one less layer per step).
         self._patch(torch.autograd, "backward", wrap(torch.autograd.backward))
         self._patch(torch.autograd, "grad", wrap(torch.autograd.grad))
 
@@ -513,8 +529,9 @@ class Probes:
             self.clock_steps += 1
             if self.on_step is not None:
                 self.on_step(self.clock_steps)
-            self.rec.events.append((self.rec.clock(), r.MEM, None, self._mem.rss()))
-            self._check_limits(self.clock_steps, self.rec.clock(), DEFAULT_NO_LOADER_SECONDS)
+            now = self.rec.clock()
+            self._sample_memory(now)
+            self._check_limits(self.clock_steps, now, DEFAULT_NO_LOADER_SECONDS)
 
     # -- transfers -------------------------------------------------------------
     def _install_transfer(self) -> None:
