@@ -101,8 +101,10 @@ def run(ip: Any, source: str) -> CellRun:
         seconds = time.perf_counter() - t0
     if not result.success:
         err = result.error_in_exec or result.error_before_exec
-        raise CellFailed(f"cell failed: {err!r}\n--- cell ---\n{source}\n--- output ---\n"
-                         f"{buf.getvalue()[-4000:]}")
+        raise CellFailed(
+            f"cell failed: {err!r}\n--- cell ---\n{source}\n--- output ---\n"
+            f"{buf.getvalue()[-4000:]}"
+        )
     return CellRun(seconds, buf.getvalue())
 
 
@@ -151,7 +153,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = []
     for k, r in enumerate(cells):
         lines.append(
-            "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+            )
         )
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))

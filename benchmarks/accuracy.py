@@ -32,9 +32,10 @@ Real work right after a sleep runs slower than in the floor run (cold caches,
 torch's intra-op threads waking up; a vCPU coming back), about 0.1-0.6 ms per
 phase per step here, so the planted costs must be large next to it: 20 ms per
 phase per step by default (at 10 ms the excess was +2 to +6 %, in the hand-timed
-runs as much as under the magic). With 2 torch threads on a shared 2-core machine
-the forward/backward compute itself can blow up several-fold after each sleep:
-use ``--threads 1`` there.
+runs as much as under the magic). Runs with 1 torch thread unless ``--threads``
+says otherwise: with 2 threads on a shared 2-core machine the forward/backward
+compute after each sleep grew by +17 to +28 % of the planted time (hand-timed
+alike), which says nothing about the tool.
 """
 
 from __future__ import annotations
@@ -193,7 +194,10 @@ def main() -> None:
     batch, val_steps = 8, max(5, args.steps // 8)
     s = args.sleep_ms / 1000
     sleeps = {"data": s / batch, "forward": s, "backward": s, "optimizer": s, "other": s}
-    ip = c.start_shell(args.threads)
+    # one intra-op thread unless asked: the tiny model gains nothing from two, and with
+    # two the workers' wake-up after every sleep inflates forward/backward by 15-30 %
+    # on a shared machine (in the hand-timed runs as much as under the magic)
+    ip = c.start_shell(args.threads if args.threads is not None else 1)
     kind = "busy-wait" if args.spin else "sleep"
     c.header(
         "epochmagic accuracy: planted costs",
@@ -245,8 +249,17 @@ def main() -> None:
         )
     print(
         c.table(
-            ["phase", "planted s", "magic s", "floor s", "magic vs planted", "spread",
-             "hand-timed vs planted", "magic vs hand", ""],
+            [
+                "phase",
+                "planted s",
+                "magic s",
+                "floor s",
+                "magic vs planted",
+                "spread",
+                "hand-timed vs planted",
+                "magic vs hand",
+                "",
+            ],
             rows,
         )
     )
