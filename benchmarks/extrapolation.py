@@ -4,7 +4,8 @@
                                        [--workers W] [--threads N]
 
 The same training cell (an MLP over a TensorDataset DataLoader, batch 64, three
-Linear layers of width 256, several hundred steps per epoch) is profiled two ways,
+Linear layers of width ``--width`` (default 1024: ~10 ms steps, so that the 20
+measured steps span a few hundred ms of this noisy machine), several hundred steps) is profiled two ways,
 in alternated order (E F, F E, ...):
 
     E  ``%%epochprofile --text --no-lines --steps 20 -o est``: stops after 20
@@ -29,9 +30,9 @@ import time, torch
 from torch import nn
 from torch.utils.data import TensorDataset, DataLoader
 torch.manual_seed(0)
-model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                      nn.Linear(256, 10))
-X = torch.randn({steps} * 64, 256)
+model = nn.Sequential(nn.Linear({width}, {width}), nn.ReLU(), nn.Linear({width}, {width}),
+                      nn.ReLU(), nn.Linear({width}, 10))
+X = torch.randn({steps} * 64, {width})
 Y = torch.randint(0, 10, ({steps} * 64,))
 train_loader = DataLoader(TensorDataset(X, Y), batch_size=64, shuffle=True,
                           num_workers={workers})
@@ -53,6 +54,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="pairs (default 7, quick 3)")
     p.add_argument("--steps-cut", type=int, default=20, help="--steps N of the estimate (20)")
     p.add_argument("--epoch-steps", type=int, default=None, help="steps per epoch (default 500)")
+    p.add_argument("--width", type=int, default=1024, help="MLP width (default 1024)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader num_workers (default 0)")
     args = p.parse_args()
     repeats = args.repeats or (3 if args.quick else 7)
@@ -66,7 +68,7 @@ def main() -> None:
         f"MLP, batch 64, {epoch_steps} steps per epoch, num_workers={args.workers}; estimate "
         f"from --steps {args.steps_cut}; {repeats} alternated pairs",
     )
-    c.run(ip, SETUP.format(steps=epoch_steps, workers=args.workers))
+    c.run(ip, SETUP.format(steps=epoch_steps, workers=args.workers, width=args.width))
     c.run(ip, full_cell)  # warm-up, untimed
     c.run(ip, est_cell)
 

@@ -290,3 +290,42 @@ def test_magic_what_if_needs_to_know_the_loader(ip):
     run(ip, CELL.replace("--no-lines", "--no-lines --workers 2 --loader train_loader"))
     assert ip.user_ns["prof"].config["workers"] == 2
     assert not multiprocessing.active_children()
+
+
+SHAPES = {
+    "functions": (
+        """
+def train_loop(dataloader, model, optimizer):
+    for X, y in dataloader:
+        loss = nn.functional.cross_entropy(model(X), y)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+""",
+        "for t in range(3):\n    train_loop(train_loader, net, adam)\n",
+    ),
+    "tqdm": (
+        "from tqdm.auto import tqdm\n",
+        "for epoch in range(3):\n    for i, (xb, yb) in enumerate(tqdm(train_loader)):\n"
+        "        loss = nn.functional.cross_entropy(net(xb), yb)\n"
+        "        adam.zero_grad(); loss.backward(); adam.step()\n",
+    ),
+    "two_optimizers": (
+        "head = nn.Linear(3, 3)\nsgd = torch.optim.SGD(head.parameters(), lr=0.1)\n",
+        "for epoch in range(3):\n    for xb, yb in train_loader:\n"
+        "        loss = nn.functional.cross_entropy(head(net(xb)), yb)\n"
+        "        adam.zero_grad(); sgd.zero_grad(); loss.backward(); adam.step(); sgd.step()\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_what_ifs_on_the_core_cell_shapes(ip, shape):
+    setup, cell = SHAPES[shape]
+    run(ip, SETUP + setup)
+    run(ip, "%%epochprofile -o prof --text --no-lines\n" + cell)
+    prof = ip.user_ns["prof"]
+    before = state(ip.user_ns)
+    for kw in ({"batch_size": 64}, {"workers": 2}, {"precision": "bf16"}):
+        r = prof.rerun(steps=3, **kw)
+        assert r.status == "ok" and r.steps == 3, (kw, r.error)
+        assert same(before, state(ip.user_ns))
+    assert prof.rerun(batch_size=64, steps=3).steps_per_epoch == 8
