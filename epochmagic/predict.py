@@ -58,10 +58,12 @@ def epoch(
     # loading cost of one batch at the baseline's batch size
     if W0 == 0:
         L = D
-    elif loading is not None:
+    elif loading and "per_batch_s" in loading:
         L = loading["per_batch_s"]
     else:
         L = D * max(1, W0)
+    # what one worker process really takes per batch (IPC, fork, shared cores)
+    Lw = loading["worker_batch_s"] if loading and "worker_batch_s" in loading else L
     ratio = (B1 / B0) if B0 and B1 else 1.0
     N1 = math.ceil(N0 / ratio) if ratio != 1.0 else N0
     C1 = C
@@ -77,7 +79,7 @@ def epoch(
             )
         )
     L1, X1 = L * ratio, X * ratio
-    step = _pipeline(L1, C1, X1, W1, t0, t1, cores, base)
+    step = _pipeline(L1, Lw * ratio, C1, X1, W1, t0, t1, cores, base)
     if W1 != W0 or t1 != t0:
         models.append("pipeline: max(L/(W*share), C/share) + transfer, share = cores/busy threads")
     startup = 0.0
@@ -99,7 +101,15 @@ def epoch(
 
 
 def _pipeline(
-    L: float, C: float, X: float, W: int, t0: int, t1: int, cores: int, base: EpochProfile
+    L: float,
+    Lw: float,
+    C: float,
+    X: float,
+    W: int,
+    t0: int,
+    t1: int,
+    cores: int,
+    base: EpochProfile,
 ) -> float:
     """Steady step time with W loader workers and t1 intra-op threads.
 
@@ -108,17 +118,18 @@ def _pipeline(
     time (torch's OpenMP threads spin between ops, so with t > 1 that is close
     to t even while it waits for data); with one thread it sleeps while it waits
     and is busy only for its own compute. Each busy thread then gets ``share``
-    = cores / (W + busy) of a core.
+    = cores / (W + busy) of a core. ``Lw`` is a batch's time in one worker
+    process with the main process idle, measured (``loaders.worker_batch_time``).
     """
     if W == 0:
         return L + C + X
     busy0 = (base.cpu_s or 0.0) / base.wall_s if base.wall_s else 1.0
     busy_spin = max(1.0, min(float(t1), busy0 if t1 >= t0 else busy0 * t1 / t0))
-    step = L / W + C + X
+    step = Lw / W + C + X
     for _ in range(20):  # busy depends on the step time when the main thread sleeps
         busy = busy_spin if t1 > 1 else min(1.0, C / max(step, 1e-12))
         share = min(1.0, cores / (W + busy))
-        new = max(L / (W * share), C / share) + X
+        new = max(Lw / (W * share), C / share) + X
         if abs(new - step) < 1e-9:
             break
         step = new

@@ -138,11 +138,19 @@ def rerun(
 
 
 def _loading(base: EpochProfile, ctx: RunContext, s: dict[str, Any]) -> dict[str, float] | None:
-    """Per-batch loading cost, measured once when worker processes hide it."""
-    if not base.config.get("workers") or ctx.train_loader is None:
+    """Per-batch loading costs the prediction needs, measured once per profile:
+    in this process (when the baseline's workers hide it) and in one worker
+    process (when the what-if uses workers)."""
+    if ctx.train_loader is None or base.step_clock != "loader":
         return None
     if ctx.loading is None:
-        ctx.loading = loaders.loading_cost(ctx.train_loader) or {}
+        ctx.loading = {}
+    if base.config.get("workers") and "per_batch_s" not in ctx.loading:
+        ctx.loading.update(loaders.loading_cost(ctx.train_loader) or {})
+    if s.get("workers") and "worker_batch_s" not in ctx.loading:
+        seconds = loaders.worker_batch_time(ctx.train_loader)
+        if seconds is not None:
+            ctx.loading["worker_batch_s"] = seconds
     return ctx.loading or None
 
 
