@@ -217,7 +217,7 @@ def loading_cost(loader: Any, max_seconds: float = 0.5) -> dict[str, float] | No
     }
 
 
-def worker_batch_time(loader: Any, batches: int = 12, max_seconds: float = 1.0) -> float | None:
+def worker_batch_time(loader: Any, batches: int = 30, max_seconds: float = 0.6) -> float | None:
     """Seconds per batch that one worker process delivers, measured.
 
     A worker is not free: fork, pickling through shared memory and the cores it
