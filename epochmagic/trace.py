@@ -12,10 +12,27 @@ if TYPE_CHECKING:
     from epochmagic.profile import EpochProfile
 
 ORDER = ("data", "transfer", "forward", "backward", "optimizer", "eval", "other")
+US = 1e6
+
+
+def _slice(
+    name: str, cat: str, tid: int, start_s: float, dur_s: float, **args: Any
+) -> dict[str, Any]:
+    event = {
+        "name": name,
+        "cat": cat,
+        "ph": "X",
+        "pid": 1,
+        "tid": tid,
+        "ts": start_s * US,
+        "dur": dur_s * US,
+    }
+    if args:
+        event["args"] = args
+    return event
 
 
 def chrome_trace(prof: EpochProfile) -> dict[str, Any]:
-    us = 1e6
     events: list[dict[str, Any]] = [
         {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "epochmagic"}},
         {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": "steps"}},
@@ -23,62 +40,19 @@ def chrome_trace(prof: EpochProfile) -> dict[str, Any]:
     ]
     starts = prof.step_starts_s or _sequential(prof)
     for i, (start, dur, phases) in enumerate(zip(starts, prof.step_times, prof.step_phases)):
-        events.append(
-            {
-                "name": f"step {i + 1}",
-                "cat": "step",
-                "ph": "X",
-                "pid": 1,
-                "tid": 1,
-                "ts": start * us,
-                "dur": dur * us,
-            }
-        )
+        events.append(_slice(f"step {i + 1}", "step", 1, start, dur))
         t = start
         for name in ORDER:
             d = phases.get(name, 0.0)
-            if d <= 0:
-                continue
-            events.append(
-                {
-                    "name": name,
-                    "cat": "phase",
-                    "ph": "X",
-                    "pid": 1,
-                    "tid": 2,
-                    "ts": t * us,
-                    "dur": d * us,
-                    "args": {"step": i + 1},
-                }
-            )
-            t += d
+            if d > 0:
+                events.append(_slice(name, "phase", 2, t, d, step=i + 1))
+                t += d
     if starts:
-        before = starts[0]
-        after_start = starts[-1] + prof.step_times[-1]
-        if before > 0:
-            events.append(
-                {
-                    "name": "outside steps",
-                    "cat": "outside",
-                    "ph": "X",
-                    "pid": 1,
-                    "tid": 1,
-                    "ts": 0.0,
-                    "dur": before * us,
-                }
-            )
-        if prof.wall_s > after_start:
-            events.append(
-                {
-                    "name": "outside steps",
-                    "cat": "outside",
-                    "ph": "X",
-                    "pid": 1,
-                    "tid": 1,
-                    "ts": after_start * us,
-                    "dur": (prof.wall_s - after_start) * us,
-                }
-            )
+        after = starts[-1] + prof.step_times[-1]
+        if starts[0] > 0:
+            events.append(_slice("outside steps", "outside", 1, 0.0, starts[0]))
+        if prof.wall_s > after:
+            events.append(_slice("outside steps", "outside", 1, after, prof.wall_s - after))
     return {
         "traceEvents": events,
         "displayTimeUnit": "ms",
