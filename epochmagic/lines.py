@@ -14,6 +14,7 @@ from typing import Any
 
 from line_profiler import LineProfiler
 
+from epochmagic import loaders
 from epochmagic.profile import EpochProfile, LineStat
 from epochmagic.session import Cell, run_cell
 from epochmagic.snapshot import Snapshot, rebound_names, unrestorable
@@ -74,7 +75,9 @@ def attribute_lines(
             fn.__code__ = original
         snap.restore()
         if result is not None:
-            _shut_down_new_iterators(result.iterators, user_ns)
+            # worker processes the traced run started must not outlive it
+            held = [getattr(v, "_iterator", None) for v in user_ns.values()]
+            loaders.shut_down(result.iterators, keep=held)
     if result.status != "ok":
         what = "interrupted" if result.status == "interrupted" else f"failed ({result.exc!r})"
         prof.notes.append(f"line attribution {what}: no hot lines")
@@ -166,18 +169,3 @@ def _line_stats(lp: LineProfiler, shell: Any) -> list[LineStat]:
         out.append(LineStat(label, int(lineno), source, int(count), float(secs)))
     out.sort(key=lambda s: s.time_s, reverse=True)
     return out[:MAX_LINES]
-
-
-def _shut_down_new_iterators(iterators: list[Any], user_ns: dict[str, Any]) -> None:
-    """Worker processes started by the traced run must not outlive it."""
-    kept = {
-        id(getattr(v, "_iterator", None))
-        for v in user_ns.values()
-        if getattr(v, "_iterator", None) is not None
-    }
-    for it in iterators:
-        if id(it) in kept:
-            continue
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()

@@ -162,6 +162,16 @@ def _sampler(loader: Any, dataset: Any) -> Any:
     return s  # a custom sampler is shared; its generator is restored afterwards
 
 
+def shut_down(iterators: list[Any], keep: list[Any] = ()) -> None:  # type: ignore[assignment]
+    """Stop the worker processes of DataLoader iterators an auxiliary run
+    started, except those a loader still holds (``keep``)."""
+    kept = {id(k) for k in keep if k is not None}
+    for it in iterators:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None and id(it) not in kept:
+            shutdown()
+
+
 def batch_size_of(loader: Any) -> int | None:
     if loader.batch_size is not None:
         return int(loader.batch_size)
@@ -252,8 +262,6 @@ def worker_batch_time(loader: Any, batches: int = 30, max_seconds: float = 0.6) 
     except Exception:  # noqa: BLE001 (StopIteration on a short epoch, a failing worker)
         return None
     finally:
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        shut_down([it])
         random.setstate(states[0])
         torch.set_rng_state(states[1])

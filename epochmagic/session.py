@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import linecache
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import CodeType
@@ -416,7 +415,3 @@ def _notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
     if probes.loader_name is not None and not probes.named_loader_seen:
         notes.append(f"--loader {probes.loader_name}: no loader of that name was iterated")
     return notes
-
-
-def source_line(filename: str, lineno: int) -> str:
-    return linecache.getline(filename, lineno).rstrip("\n")

@@ -13,9 +13,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -328,7 +327,13 @@ def _run(
     finally:
         torch.set_num_threads(threads)
         snap.restore()
-        _shut_down(plan.rebuilt, run.iterators if run is not None else [])
+        # worker processes of the rebuilt loaders must not outlive the run
+        loaders.shut_down(
+            [
+                *(run.iterators if run is not None else []),
+                *(getattr(r, "_iterator", None) for r in plan.rebuilt),
+            ]
+        )
         if run is not None and run.status == "oom":
             gc.collect()
             if torch.cuda.is_available():
@@ -387,14 +392,6 @@ def _unsupported(base: EpochProfile, s: dict[str, Any], predicted: Any, why: str
         notes=[f"not run: {why}"],
         cell=base.cell,
     )
-
-
-def _shut_down(rebuilt: list[Any], iterators: list[Any]) -> None:
-    """Worker processes of the rebuilt loaders must not outlive the run."""
-    for it in [*iterators, *(getattr(r, "_iterator", None) for r in rebuilt)]:
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
 
 
 @contextlib.contextmanager
@@ -505,20 +502,12 @@ def rank(results: list[EpochProfile]) -> list[EpochProfile]:
     return sorted(results, key=key)
 
 
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 __all__ = [
     "Unsupported",
     "attach",
     "default_steps",
     "fused_copy",
     "rank",
-    "replace",
     "rerun",
     "sweep",
 ]
