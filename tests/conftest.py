@@ -30,6 +30,11 @@ PATCHED = [
     (torch.nn.Module, "zero_grad"),
     (torch.nn.Module, "__call__"),
     (torch.amp.GradScaler, "step"),
+    # fused what-ifs give optimizers created during the run fused=True
+    (torch.optim.Adam, "__init__"),
+    (torch.optim.AdamW, "__init__"),
+    (torch.optim.SGD, "__init__"),
+    (torch.optim.Adagrad, "__init__"),
 ]
 
 
