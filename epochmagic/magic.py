@@ -17,6 +17,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
+from epochmagic import evidence
+from epochmagic.diagnose import diagnose
 from epochmagic.firstrun import FirstRun
 from epochmagic.profile import EpochProfile
 from epochmagic.session import build_profile, compile_cell, run_cell
@@ -197,6 +199,11 @@ def profile_source(
     prof = build_profile(run, cell, shell.user_ns)
     first.describe(prof)
     attach(prof, shell, cell, run, first.original)
+    if prof.steps:
+        loader = first.original or (
+            run.timeline.training_pass.loader if run.timeline.training_pass else None
+        )
+        prof.evidence = evidence.collect(run, loader, prof.phases["data"] / (prof.wall_s or 1))
     pending: BaseException | None = run.exc
     if lines and run.status == "ok" and prof.steps:
         from epochmagic.lines import attribute_lines
@@ -207,6 +214,7 @@ def profile_source(
         except KeyboardInterrupt as e:
             pending = e
     del run
+    prof.findings = diagnose(prof)
     if out:
         shell.user_ns[out] = prof
     if export:

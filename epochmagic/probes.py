@@ -163,6 +163,9 @@ class Probes:
         self.stop_time: float | None = None
         self.scaler_skips = 0
         self.precision: str | None = None
+        # the first training forward: its module and its inputs' shapes, so the
+        # model's FLOPs can be counted later on inputs of the same shape
+        self.first_call: tuple[Any, Any, Any, Any] | None = None
         self.named_loader_seen = False
         self._depth = 0  # root-module call depth
         self._bwd_depth = 0
@@ -354,6 +357,12 @@ class Probes:
                     tokens = first.numel()
         if grad and self.precision is None and module.training:
             self.precision = _autocast_precision(first)
+            self.first_call = (
+                module,
+                _signature(args),
+                _signature(tuple(kwargs.values())),
+                tuple(kwargs),
+            )
         self.roots.setdefault(id(module), module)
         self.rec.mark(r.FWD_ENTER, module, (grad, bool(module.training), samples, tokens))
 
@@ -598,6 +607,12 @@ def _steps_done(p: Pass) -> int:
     if p.units == 0:
         return p.yielded
     return max(p.yielded - 1, min(p.yielded, p.units))
+
+
+def _signature(values: tuple[Any, ...]) -> list[Any]:
+    return [
+        (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else v for v in values
+    ]
 
 
 def _autocast_precision(first: Any) -> str:

@@ -78,6 +78,7 @@ class EpochProfile:
     notes: list[str] = field(default_factory=list)
     cell: str = ""  # source of the profiled cell
     cpu_s: float | None = None  # process CPU seconds during the run (all threads)
+    evidence: dict[str, Any] = field(default_factory=dict)  # what the findings cite
 
     # -- derived -------------------------------------------------------------
     @property

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from epochmagic.profile import EpochProfile
+    from epochmagic.profile import EpochProfile, Finding
 
 PHASE_ORDER = ("data", "transfer", "forward", "backward", "optimizer", "eval", "other")
 HOT_LINES = 8
@@ -115,6 +116,19 @@ def _where(filename: str, lineno: int) -> str:
     return f"{os.path.basename(filename)}:{lineno}"
 
 
+def finding_lines(f: Finding) -> list[str]:
+    out = [f"  - [{f.code}] {f.title} ({f.share:.0%} of the epoch)"]
+    out += textwrap.wrap(f.detail, width=96, initial_indent="      ", subsequent_indent="      ")
+    if f.suggestion:
+        args = ", ".join(f"{k}={v!r}" for k, v in f.suggestion.items())
+        out.append(f"      try it: prof.rerun({args})")
+    if f.fix:
+        fix = f.fix.splitlines()
+        out.append(f"      fix: {fix[0]}")
+        out += [f"           {line}" for line in fix[1:]]
+    return out
+
+
 def render(prof: EpochProfile) -> str:
     lines = [header(prof), f"verdict: {verdict(prof)}", ""]
     if prof.steps or prof.wall_s:
@@ -123,9 +137,9 @@ def render(prof: EpochProfile) -> str:
     if hot:
         lines += [""] + hot
     if prof.findings:
-        lines += ["", "findings:"]
+        lines += ["", "findings (ranked by the share of the epoch at stake):"]
         for f in prof.findings:
-            lines.append(f"  - [{f.code}] {f.title} ({f.share:.0%} of the epoch)")
+            lines += finding_lines(f)
     if prof.notes:
         lines += ["", "notes:"] + [f"  - {n}" for n in prof.notes]
     return "\n".join(lines)

@@ -21,6 +21,7 @@ import torch
 
 from epochmagic import environment as envmod
 from epochmagic import loaders, predict
+from epochmagic.diagnose import diagnose
 from epochmagic.loaders import Unsupported
 from epochmagic.probes import loader_keys
 from epochmagic.profile import EpochProfile
@@ -351,6 +352,14 @@ def _run(
     prof.notes = [*plan.notes, *_what_ran(prof, n_steps)]
     if run.status == "oom":
         prof.error = f"out of memory at {label(s, base)}: {prof.error}"
+    prof.evidence = {
+        **base.evidence,
+        "optimizers": [
+            {**o, "fused": o["fused"] or bool(s["fused"])}
+            for o in base.evidence.get("optimizers", [])
+        ],
+    }
+    prof.findings = diagnose(prof)
     prof._context = ctx  # type: ignore[attr-defined]
     return prof
 

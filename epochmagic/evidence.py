@@ -1,0 +1,124 @@
+"""Facts about the model, optimizer, data and machine that the findings cite.
+
+Collected once after the measured run, outside the timed region, without a
+training step on the user's model: FLOPs come from one forward in eval mode
+under ``no_grad`` on random inputs shaped like the first training batch, with
+the RNG and train/eval flags put back.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from epochmagic import loaders
+
+TOP_LAYERS = 5
+
+
+DATA_SHARE_TO_TIME_LOADING = 0.05  # time the dataset only where data waits matter
+
+
+def collect(run: Any, loader: Any, data_share: float) -> dict[str, Any]:
+    probes, tl = run.probes, run.timeline
+    trained = probes.trained_param_ids()
+    roots = [m for m in probes.roots.values() if any(id(p) in trained for p in m.parameters())]
+    ev: dict[str, Any] = {
+        "params": sum(p.numel() for m in roots for p in m.parameters()),
+        "trainable_params": sum(
+            p.numel() for m in roots for p in m.parameters() if p.requires_grad
+        ),
+        "layers": _layers(roots),
+        "optimizers": [_optimizer(o) for o in probes.optimizers.values()],
+        "labels": _labels(tl.labels),
+        "loading": (
+            loaders.loading_cost(loader, max_seconds=0.2)
+            if loader is not None and data_share >= DATA_SHARE_TO_TIME_LOADING
+            else None
+        ),
+        "cpu_bf16": _cpu_has_bf16(),
+        "cuda_available": torch.cuda.is_available(),
+        "flops_per_step": _flops(probes.first_call),
+        "transform": type(getattr(getattr(loader, "dataset", None), "transform", None)).__name__
+        if getattr(getattr(loader, "dataset", None), "transform", None) is not None
+        else None,
+    }
+    return ev
+
+
+def _layers(roots: list[Any]) -> list[tuple[str, int]]:
+    sizes: list[tuple[str, int]] = []
+    for root in roots:
+        for name, m in root.named_modules():
+            own = sum(p.numel() for p in m.parameters(recurse=False))
+            if own:
+                sizes.append((f"{name or type(root).__name__} ({type(m).__name__})", own))
+    return sorted(sizes, key=lambda x: -x[1])[:TOP_LAYERS]
+
+
+def _optimizer(opt: Any) -> dict[str, Any]:
+    group = opt.param_groups[0] if opt.param_groups else {}
+    return {
+        "type": type(opt).__name__,
+        "fused": bool(group.get("fused")),
+        "foreach": group.get("foreach"),
+        "params": sum(p.numel() for g in opt.param_groups for p in g["params"]),
+    }
+
+
+def _labels(labels: list[Any]) -> dict[str, int] | None:
+    counts: dict[int, int] = {}
+    for y in labels:
+        if y is None or y.numel() == 0 or y.min() < 0:
+            return None
+        for k, v in enumerate(torch.bincount(y.detach().flatten().cpu()).tolist()):
+            if v:
+                counts[k] = counts.get(k, 0) + v
+    if len(counts) < 2 or len(counts) > 10_000:
+        return None
+    return {str(k): v for k, v in sorted(counts.items())}
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _flops(first_call: Any) -> float | None:
+    """Forward FLOPs of one batch times 3 (forward + backward ~ 3 forwards)."""
+    if first_call is None:
+        return None
+    module, args, kwargs, names = first_call
+    from torch.utils.flop_counter import FlopCounterMode
+
+    state = (random.getstate(), torch.get_rng_state())
+    flags = [(m, m.training) for m in module.modules()]
+    try:
+        fake_args = [_fake(a) for a in args]
+        fake_kwargs = dict(zip(names, [_fake(v) for v in kwargs]))
+        module.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(*fake_args, **fake_kwargs)
+        return float(counter.get_total_flops()) * 3
+    except Exception:  # noqa: BLE001 (an input we cannot fake: no FLOP count, no harm)
+        return None
+    finally:
+        for m, training in flags:
+            m.training = training
+        random.setstate(state[0])
+        torch.set_rng_state(state[1])
+
+
+def _fake(spec: Any) -> Any:
+    if isinstance(spec, tuple) and len(spec) == 3 and isinstance(spec[1], torch.dtype):
+        shape, dtype, device = spec
+        if dtype.is_floating_point:
+            return torch.randn(shape, dtype=dtype, device=device)
+        return torch.zeros(shape, dtype=dtype, device=device)
+    return spec

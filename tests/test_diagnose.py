@@ -1,0 +1,211 @@
+"""Each finding fires on the evidence that calls for it, and only then."""
+
+from __future__ import annotations
+
+import pytest
+
+from epochmagic.diagnose import THRESHOLDS, diagnose
+from epochmagic.profile import PHASES, EpochProfile, LineStat
+
+
+def make(
+    step: dict[str, float] | None = None,
+    steps: int = 40,
+    outside: float = 0.0,
+    eval_s: float = 0.0,
+    config: dict | None = None,
+    evidence: dict | None = None,
+    step_times: list[float] | None = None,
+    memory: list[int] | None = None,
+    lines: list[LineStat] | None = None,
+) -> EpochProfile:
+    """A profile of ``steps`` identical steps (``step`` gives their phases)."""
+    step = {
+        "data": 0.001,
+        "forward": 0.004,
+        "backward": 0.006,
+        "optimizer": 0.0005,
+        "other": 0.0005,
+        **(step or {}),
+    }
+    sp = {k: step.get(k, 0.0) for k in PHASES}
+    per = sum(sp.values())
+    times = step_times or [per] * steps
+    step_phases = []
+    for t in times:
+        scale = t / per
+        step_phases.append({k: v * scale for k, v in sp.items()})
+    phases = {k: sum(p[k] for p in step_phases) for k in PHASES}
+    phases["eval"] += eval_s
+    phases["other"] += outside
+    wall = sum(times) + eval_s + outside
+    cfg = {
+        "batch_size": 64,
+        "workers": 0,
+        "threads": 2,
+        "precision": "fp32",
+        "device": "cpu",
+        "persistent_workers": False,
+        **(config or {}),
+    }
+    return EpochProfile(
+        wall_s=wall,
+        epoch_s=wall,
+        steps=len(times),
+        phases=phases,
+        step_times=times,
+        step_phases=step_phases,
+        outside_steps_s=wall - sum(times),
+        config=cfg,
+        environment={"cpu_count": 2},
+        evidence=evidence or {},
+        memory={"kind": "cpu", "per_step_bytes": memory or [10**8] * len(times)},
+        lines=lines or [],
+        lines_steps=3,
+    )
+
+
+def codes(prof: EpochProfile) -> list[str]:
+    return [f.code for f in diagnose(prof)]
+
+
+def test_a_well_configured_epoch_raises_nothing_actionable():
+    found = diagnose(
+        make(
+            evidence={
+                "params": 1000,
+                "optimizers": [{"type": "AdamW", "fused": True, "foreach": None, "params": 1000}],
+            }
+        )
+    )
+    assert [f.code for f in found if f.share > 0.05] == ["model_compute"]
+
+
+def test_data_loading_fires_with_the_setting_that_pays_on_two_cores():
+    prof = make(
+        {"data": 0.030},
+        evidence={"loading": {"per_sample_s": 0.0004, "collate_s": 0.001, "per_batch_s": 0.027}},
+    )
+    f = diagnose(prof)[0]
+    assert f.code == "data_loading" and f.title.startswith("Input-bound")
+    assert f.suggestion == {"workers": 2, "threads": 1}
+    assert "0.4 ms per sample" in f.detail and "num_workers=2" in f.fix
+    assert f.share == pytest.approx(prof.phases["data"] / prof.wall_s)
+    assert "data_loading" not in codes(make({"data": 0.0002}))
+
+
+def test_data_loading_with_workers_already_matching_cores_says_to_cheapen_the_samples():
+    f = diagnose(make({"data": 0.03}, config={"workers": 2, "threads": 1}))[0]
+    assert f.code == "data_loading" and f.suggestion == {}
+    assert "per-sample work" in f.detail
+
+
+def test_threads_compete_with_workers():
+    prof = make({"data": 0.01}, config={"workers": 2, "threads": 2})
+    assert "threads" in codes(prof)
+    f = next(f for f in diagnose(prof) if f.code == "threads")
+    assert f.suggestion == {"workers": 2, "threads": 1}
+    assert "threads" not in codes(make({"data": 0.01}, config={"workers": 1, "threads": 1}))
+
+
+def test_worker_startup_only_without_persistent_workers():
+    times = [0.3] + [0.012] * 39
+    prof = make({"data": 0.004}, step_times=times, config={"workers": 2, "threads": 1})
+    prof.step_phases[0]["data"] = 0.29
+    assert "worker_startup" in codes(prof)
+    f = next(f for f in diagnose(prof) if f.code == "worker_startup")
+    assert f.suggestion == {"persistent_workers": True}
+    prof.config["persistent_workers"] = True
+    assert "worker_startup" not in codes(prof)
+
+
+def test_small_batch():
+    prof = make(
+        {
+            "forward": 0.0004,
+            "backward": 0.0005,
+            "optimizer": 0.0004,
+            "other": 0.0004,
+            "data": 0.0001,
+        },
+        config={"batch_size": 4},
+    )
+    f = next(f for f in diagnose(prof) if f.code == "small_batch")
+    assert f.suggestion == {"batch_size": 32} and "learning rate" in f.detail
+    assert "small_batch" not in codes(make(config={"batch_size": 256}))
+    heavy = make({"forward": 0.02, "backward": 0.04}, config={"batch_size": 16})
+    assert "small_batch" not in codes(heavy)
+
+
+def test_python_overhead_cites_the_hottest_cell_lines():
+    lines = [LineStat("Cell In[4]", 7, "    print(loss.item())", 3, 0.03)]
+    prof = make({"other": 0.01}, lines=lines)
+    f = next(f for f in diagnose(prof) if f.code == "python_overhead")
+    assert "Cell In[4]:7" in f.detail and "print(loss.item())" in f.detail
+    assert "python_overhead" not in codes(make())
+
+
+def test_step_time_growth_and_memory_growth():
+    times = [0.01 + 0.0005 * i for i in range(40)]
+    mem = [10**8 + i * 5 * 2**20 for i in range(40)]
+    prof = make(step_times=times, memory=mem)
+    assert {"step_time_growth", "memory_growth"} <= set(codes(prof))
+    assert not {"step_time_growth", "memory_growth"} & set(codes(make()))
+
+
+def test_optimizer_step_suggests_fused_only_for_unfused_optimizers():
+    opt = {"type": "AdamW", "fused": False, "foreach": None, "params": 10}
+    prof = make({"optimizer": 0.005}, evidence={"optimizers": [opt]})
+    f = next(f for f in diagnose(prof) if f.code == "optimizer_step")
+    assert f.suggestion == {"fused": True} and "fused=True" in f.fix
+    prof.evidence["optimizers"] = [{**opt, "fused": True}]
+    assert "optimizer_step" not in codes(prof)
+
+
+def test_eval_heavy():
+    assert "eval_heavy" in codes(make(eval_s=0.3))
+    assert "eval_heavy" not in codes(make(eval_s=0.01))
+
+
+def test_warmup():
+    assert "warmup" in codes(make(step_times=[0.2, 0.2] + [0.01] * 38))
+    assert "warmup" not in codes(make())
+
+
+def test_hardware_when_cuda_is_there_but_unused():
+    assert "hardware" in codes(make(evidence={"cuda_available": True}))
+    assert "hardware" not in codes(make(evidence={"cuda_available": False}))
+
+
+def test_precision_where_bf16_is_faster():
+    prof = make(evidence={"cpu_bf16": True})
+    f = next(f for f in diagnose(prof) if f.code == "precision")
+    assert f.suggestion == {"precision": "bf16"}
+    assert "precision" not in codes(make(evidence={"cpu_bf16": False}))
+    assert "precision" not in codes(make(evidence={"cpu_bf16": True}, config={"precision": "bf16"}))
+
+
+def test_imbalance_is_informative_and_honest():
+    prof = make(evidence={"labels": {"0": 970, "1": 10, "2": 10, "3": 10}})
+    found = diagnose(prof)
+    f = found[-1]
+    assert f.code == "imbalance" and f.share == 0.0
+    assert "not time per epoch" in f.detail and "3.9x" in f.detail
+    assert "imbalance" not in codes(make(evidence={"labels": {"0": 50, "1": 40}}))
+
+
+def test_actionable_findings_rank_by_share_before_informative_ones():
+    prof = make(
+        {"data": 0.03, "other": 0.006},
+        eval_s=0.5,
+        evidence={"params": 10, "labels": {"0": 100, "1": 1}},
+    )
+    found = diagnose(prof)
+    informative = [f for f in found if f.code in ("model_compute", "imbalance")]
+    actionable = [f for f in found if f.code not in ("model_compute", "imbalance")]
+    assert found == actionable + informative
+    assert [f.share for f in actionable] == sorted((f.share for f in actionable), reverse=True)
+
+
+def test_thresholds_say_where_they_come_from():
+    assert all(isinstance(v, (int, float)) and len(why) > 10 for v, why in THRESHOLDS.values())
