@@ -21,7 +21,7 @@ def make(
 ) -> EpochProfile:
     """A profile of ``steps`` identical steps (``step`` gives their phases)."""
     step = {
-        "data": 0.001,
+        "data": 0.0003,
         "forward": 0.004,
         "backward": 0.006,
         "optimizer": 0.0005,
