@@ -392,7 +392,7 @@ def model_compute(prof: EpochProfile) -> Finding | None:
         bits.append("largest layers: " + ", ".join(f"{n} {p:,}" for n, p in ev["layers"][:3]))
     return Finding(
         "model_compute",
-        f"Model compute: {share:.0%} of the epoch",
+        "Model compute: forward and backward",
         "; ".join(bits) + ".",
         share,
         {},
