@@ -86,6 +86,13 @@ def _flop(x: float) -> str:
     return f"{x:.0f} FLOP"
 
 
+def _oversubscribed(prof: EpochProfile) -> bool:
+    """Loader workers plus more intra-op threads than the cores they leave."""
+    workers = int(prof.config.get("workers") or 0)
+    threads = int(prof.config.get("threads") or 1)
+    return workers > 0 and threads > max(1, _cores(prof) - workers)
+
+
 def _worker_setting(prof: EpochProfile) -> dict[str, Any]:
     """Workers and intra-op threads that share the cores: measured on 2 cores,
     2 workers gave 1.04-1.09x until the main process used 1 thread (1.75x)."""
@@ -107,6 +114,8 @@ def data_loading(prof: EpochProfile) -> Finding | None:
     cfg = prof.config
     workers = int(cfg.get("workers") or 0)
     cores = _cores(prof)
+    if _oversubscribed(prof):
+        return None  # workers and threads compete for the cores: the `threads` finding
     per_step = data / prof.steps
     bits = [
         f"{share:.0%} of the epoch waits for the next batch ({_ms(per_step)} per step)",
@@ -167,7 +176,7 @@ def threads(prof: EpochProfile) -> Finding | None:
         int(cfg.get("threads") or 1),
         _cores(prof),
     )
-    if workers == 0 or workers + nthreads <= cores:
+    if not _oversubscribed(prof):
         return None
     share = _in_steps(prof, "data") / _epoch(prof)
     if share < t("data_moderate"):
