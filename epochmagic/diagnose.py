@@ -142,6 +142,8 @@ def data_loading(prof: EpochProfile) -> Finding | None:
             f"the dataset takes {_ms(loading['per_sample_s'])} per sample and collate "
             f"{_ms(loading['collate_s'])} per batch (timed in this process)"
         )
+        if "worker_batch_s" in loading:
+            bits.append(f"a batch takes {_ms(loading['worker_batch_s'])} inside one worker process")
     if prof.evidence.get("transform"):
         bits.append(f"its transform is {prof.evidence['transform']}")
     suggestion = _worker_setting(prof)
@@ -419,7 +421,14 @@ def model_compute(prof: EpochProfile) -> Finding | None:
         compute_s = (_in_steps(prof, "forward") + _in_steps(prof, "backward")) / prof.steps
         bits.append(f"~{_flop(flops)} per step (forward x 3)")
         if compute_s > 0:
-            bits.append(f"{_flop(flops / compute_s)}/s achieved in forward+backward")
+            achieved = flops / compute_s
+            bits.append(f"{_flop(achieved)}/s achieved in forward+backward")
+            peak = ev.get("peak_flops")
+            if peak:
+                bits.append(
+                    f"{achieved / peak:.0%} of the {_flop(peak)}/s a 512x512 fp32 "
+                    "matmul reaches on this device"
+                )
     if ev.get("layers"):
         bits.append("largest layers: " + ", ".join(f"{n} {p:,}" for n, p in ev["layers"][:3]))
     return Finding(

@@ -33,19 +33,62 @@ def collect(run: Any, loader: Any, data_share: float) -> dict[str, Any]:
         "layers": _layers(roots),
         "optimizers": [_optimizer(o) for o in probes.optimizers.values()],
         "labels": _labels(tl.labels),
-        "loading": (
-            loaders.loading_cost(loader, max_seconds=0.2)
-            if loader is not None and data_share >= DATA_SHARE_TO_TIME_LOADING
-            else None
-        ),
+        "loading": _loading(loader, data_share),
         "cpu_bf16": _cpu_has_bf16(),
         "cuda_available": torch.cuda.is_available(),
         "flops_per_step": _flops(probes.first_call),
+        "peak_flops": None,
         "transform": type(getattr(getattr(loader, "dataset", None), "transform", None)).__name__
         if getattr(getattr(loader, "dataset", None), "transform", None) is not None
         else None,
     }
+    if ev["flops_per_step"]:
+        state = torch.get_rng_state()
+        ev["peak_flops"] = peak_flops()
+        torch.set_rng_state(state)
     return ev
+
+
+def _loading(loader: Any, data_share: float) -> dict[str, float] | None:
+    """The dataset's own time per sample and the collate time per batch, in
+    this process; with workers, also a batch's time inside one worker."""
+    if loader is None or data_share < DATA_SHARE_TO_TIME_LOADING:
+        return None
+    cost = loaders.loading_cost(loader, max_seconds=0.2)
+    if cost is not None and int(getattr(loader, "num_workers", 0) or 0) > 0:
+        in_worker = loaders.worker_batch_time(loader, batches=10, max_seconds=0.3)
+        if in_worker is not None:
+            cost["worker_batch_s"] = in_worker
+    return cost
+
+
+_PEAK: dict[str, float | None] = {}
+
+
+def peak_flops(device: str = "cpu", seconds: float = 0.1) -> float | None:
+    """FLOP/s this device reaches on a large fp32 matmul (a short probe, once
+    per process), the yardstick for the model's achieved FLOP/s."""
+    import time
+
+    if device in _PEAK:
+        return _PEAK[device]
+    _PEAK[device] = None
+
+    n = 512
+    try:
+        a = torch.randn(n, n, device=device)
+        b = torch.randn(n, n, device=device)
+        a @ b
+        runs, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            runs += 1
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        _PEAK[device] = 2 * n**3 * runs / (time.perf_counter() - t0)
+    except RuntimeError:
+        pass
+    return _PEAK[device]
 
 
 def _layers(roots: list[Any]) -> list[tuple[str, int]]:
