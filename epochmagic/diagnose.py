@@ -431,6 +431,16 @@ def model_compute(prof: EpochProfile) -> Finding | None:
                 )
     if ev.get("layers"):
         bits.append("largest layers: " + ", ".join(f"{n} {p:,}" for n, p in ev["layers"][:3]))
+    if ev.get("module_forward_s"):
+        bits.append(
+            "slowest layers in forward: "
+            + ", ".join(
+                f"{n} {_ms(sec / max(1, prof.steps))}/step"
+                for n, sec, _ in ev["module_forward_s"][:3]
+            )
+        )
+    else:
+        bits.append("%%epochprofile --modules times each layer's forward")
     return Finding(
         "model_compute",
         "Model compute: forward and backward",

@@ -42,6 +42,8 @@ def collect(run: Any, loader: Any, data_share: float) -> dict[str, Any]:
         if getattr(getattr(loader, "dataset", None), "transform", None) is not None
         else None,
     }
+    if probes.module_times:
+        ev["module_forward_s"] = _module_times(probes.module_times, roots)
     if ev["flops_per_step"]:
         state = torch.get_rng_state()
         ev["peak_flops"] = peak_flops()
@@ -89,6 +91,22 @@ def peak_flops(device: str = "cpu", seconds: float = 0.1) -> float | None:
     except RuntimeError:
         pass
     return _PEAK[device]
+
+
+def _module_times(times: dict[int, list[Any]], roots: list[Any]) -> list[tuple[str, float, int]]:
+    """Leaf layers by forward time (inclusive times of containers would
+    double-count their children)."""
+    names = {
+        id(m): f"{n or type(r).__name__} ({type(m).__name__})"
+        for r in roots
+        for n, m in r.named_modules()
+    }
+    rows = [
+        (names.get(key, type(m).__name__), float(sec), int(calls))
+        for key, (m, sec, calls) in times.items()
+        if not any(True for _ in m.children())
+    ]
+    return sorted(rows, key=lambda r: -r[1])[:10]
 
 
 def _layers(roots: list[Any]) -> list[tuple[str, int]]:

@@ -35,7 +35,7 @@ VALUE_OPTIONS = {
     "--workers",
     "--precision",
 }
-FLAG_OPTIONS = {"--text", "--no-lines", "-h", "--help"}
+FLAG_OPTIONS = {"--text", "--no-lines", "--modules", "-h", "--help"}
 EXPORT_SUFFIXES = (".trace.json", ".json")
 
 
@@ -77,6 +77,11 @@ class EpochMagics(Magics):
         "--precision",
         choices=("fp32", "bf16", "fp16"),
         help="measure with autocast in this precision around the model's forward",
+    )
+    @argument(
+        "--modules",
+        action="store_true",
+        help="also time each submodule's forward (costs overhead; off by default)",
     )
     @argument("--text", action="store_true", help="print the plain-text report")
     @argument("--no-lines", action="store_true", help="skip line-level attribution")
@@ -123,6 +128,7 @@ class EpochMagics(Magics):
             batch_size=args.batch_size,
             workers=args.workers,
             precision=args.precision,
+            modules=args.modules,
         )
 
 
@@ -182,6 +188,7 @@ def profile_source(
     batch_size: int | None = None,
     workers: int | None = None,
     precision: str | None = None,
+    modules: bool = False,
 ) -> EpochProfile:
     """Run ``source`` once under the probes, report, and re-raise its error."""
     __tracebackhide__ = True  # noqa: F841
@@ -194,6 +201,7 @@ def profile_source(
             max_steps=steps,
             max_seconds=max_seconds,
             loader_name=loader,
+            time_modules=modules,
             **first.hooks(),
         )
     prof = build_profile(run, cell, shell.user_ns)

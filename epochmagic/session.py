@@ -102,6 +102,7 @@ def run_cell(
     substitute: Any = None,
     autocast: Any = None,
     on_step: Any = None,
+    time_modules: bool = False,
 ) -> RunResult:
     """Execute the cell once under the probes; never lets a probe outlive it."""
     __tracebackhide__ = True  # noqa: F841  (IPython hides this frame in tracebacks)
@@ -115,6 +116,7 @@ def run_cell(
         substitute=substitute,
         autocast=autocast,
         on_step=on_step,
+        time_modules=time_modules,
     )
     status, reason = "ok", "end"
     exc: BaseException | None = None

@@ -236,3 +236,26 @@ def test_hundred_runs_leave_no_growth(ip):
     gc.collect()
     assert threading.active_count() == threads
     assert rss() - mem < 30 * 2**20
+
+
+def test_modules_option_times_each_layer(ip):
+    run(ip, SETUP)
+    run(ip, "%%epochprofile -o prof --text --no-lines --modules\n" + LOOP)
+    prof = ip.user_ns["prof"]
+    rows = prof.evidence["module_forward_s"]
+    assert rows and all(sec > 0 and calls >= prof.steps for _, sec, calls in rows)
+    assert any("Linear" in name for name, _, _ in rows)
+    detail = next(f.detail for f in prof.findings if f.code == "model_compute")
+    assert "slowest layers in forward" in detail
+
+
+def test_evidence_counts_parameters_and_flops(ip):
+    run(ip, SETUP)
+    run(ip, "%%epochprofile -o prof --text --no-lines\n" + LOOP)
+    ev = ip.user_ns["prof"].evidence
+    model = ip.user_ns["model"]
+    assert ev["params"] == sum(p.numel() for p in model.parameters())
+    # 3 x (2 x 32 x (16 x 32 + 32 x 4)) multiply-adds for a batch of 32
+    assert ev["flops_per_step"] == pytest.approx(3 * 2 * 32 * (16 * 32 + 32 * 4))
+    assert ev["labels"] and sum(ev["labels"].values()) == 640
+    assert all(m.training for m in model.modules())  # FLOPs were counted in eval mode, restored
