@@ -54,6 +54,9 @@ THRESHOLDS: dict[str, tuple[float, str]] = {
 }
 
 
+MIN_GAIN = 1.05  # a suggestion must be predicted to save at least 5 %
+
+
 def t(name: str) -> float:
     return THRESHOLDS[name][0]
 
@@ -98,16 +101,29 @@ def _oversubscribed(prof: EpochProfile) -> bool:
     return workers > 0 and threads > max(1, _cores(prof) - workers)
 
 
-def _worker_setting(prof: EpochProfile) -> dict[str, Any]:
-    """Workers and intra-op threads that share the cores: measured on 2 cores,
-    2 workers gave 1.04-1.09x until the main process used 1 thread (1.75x)."""
+def _worker_setting(prof: EpochProfile) -> tuple[dict[str, Any], float]:
+    """The workers and intra-op threads the prediction model expects to be
+    fastest on this machine, and its predicted speed-up. Workers and threads
+    share the cores: measured on 2 cores, 2 workers gave 1.04-1.09x until the
+    main process used 1 thread (1.75x), while a compute-heavy loop lost more to
+    one thread than the workers won."""
+    from epochmagic import predict
+
     cores = _cores(prof)
-    workers = max(1, min(cores, 8))
-    threads = max(1, cores - workers) if cores <= 4 else max(1, cores // 2)
-    setting = {"workers": workers, "threads": threads}
-    if str(prof.config.get("device", "cpu")).startswith("cuda"):
-        setting["pin_memory"] = True
-    return setting
+    loading = prof.evidence.get("loading") if prof.evidence else None
+    best: tuple[dict[str, Any], float] = ({}, 1.0)
+    base = prof.epoch_s or prof.wall_s
+    for workers in range(1, min(cores, 8) + 1):
+        for nthreads in sorted({1, max(1, cores - workers), int(prof.config.get("threads") or 1)}):
+            if (workers, nthreads) == (prof.config.get("workers"), prof.config.get("threads")):
+                continue  # what ran is the baseline, not a suggestion
+            s = {**prof.config, "workers": workers, "threads": nthreads}
+            guess = predict.epoch(prof, s, [], loading).get("epoch_s")
+            if guess and base / guess > best[1]:
+                best = ({"workers": workers, "threads": nthreads}, base / guess)
+    if best[0] and str(prof.config.get("device", "cpu")).startswith("cuda"):
+        best[0]["pin_memory"] = True
+    return best
 
 
 # -- rules ----------------------------------------------------------------------------
@@ -146,12 +162,18 @@ def data_loading(prof: EpochProfile) -> Finding | None:
             bits.append(f"a batch takes {_ms(loading['worker_batch_s'])} inside one worker process")
     if prof.evidence.get("transform"):
         bits.append(f"its transform is {prof.evidence['transform']}")
-    suggestion = _worker_setting(prof)
-    if workers >= suggestion["workers"] and cfg.get("threads") == suggestion["threads"]:
+    suggestion, gain = _worker_setting(prof)
+    if gain < MIN_GAIN:
         suggestion = {}
         bits.append(
-            "workers already match the cores: the per-sample work itself must get "
-            "cheaper (precompute, vectorise the transform, cache decoded data)"
+            "more workers are not predicted to help here (loading and compute already share "
+            f"the {cores} cores): the per-sample work itself must get cheaper (precompute, "
+            "vectorise the transform, cache decoded data)"
+        )
+    else:
+        bits.append(
+            f"predicted {gain:.2f}x with {suggestion['workers']} workers and "
+            f"{suggestion['threads']} torch thread{'s' if suggestion['threads'] > 1 else ''}"
         )
     title = (
         "Input-bound" if share >= t("data_bound") else "Partly input-bound"
