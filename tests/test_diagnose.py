@@ -209,3 +209,15 @@ def test_actionable_findings_rank_by_share_before_informative_ones():
 
 def test_thresholds_say_where_they_come_from():
     assert all(isinstance(v, (int, float)) and len(why) > 10 for v, why in THRESHOLDS.values())
+
+
+def test_model_compute_needs_a_model():
+    assert "model_compute" not in codes(make(evidence={}))
+    f = next(
+        f
+        for f in diagnose(
+            make(evidence={"params": 1234, "flops_per_step": 3e9, "peak_flops": 1e11})
+        )
+        if f.code == "model_compute"
+    )
+    assert "1,234 parameters" in f.detail and "GFLOP" in f.detail and "matmul" in f.detail
