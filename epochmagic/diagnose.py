@@ -424,7 +424,8 @@ def precision(prof: EpochProfile) -> Finding | None:
         "precision",
         "fp32 compute where bf16 is faster",
         f"{where}; on the CPU this was written on, bf16 autocast ran a 512-wide MLP step 1.7x "
-        "faster than fp32 (fp16 11x slower). bf16 keeps fp32's range (no GradScaler; fp16 needs one) and learning-rate schedules carry over; check the loss still converges.",
+        "faster than fp32 (fp16 11x slower). bf16 keeps fp32's range (no GradScaler; fp16 "
+        "needs one) and learning-rate schedules carry over; check the loss still converges.",
         share,
         {"precision": "bf16"},
         f"with torch.autocast('{device.split(':')[0]}', dtype=torch.bfloat16):\n"
