@@ -36,7 +36,7 @@ VALUE_OPTIONS = {
     "--precision",
 }
 FLAG_OPTIONS = {"--text", "--no-lines", "--modules", "-h", "--help"}
-EXPORT_SUFFIXES = (".trace.json", ".json")
+EXPORT_SUFFIXES = (".trace.json", ".json", ".html")
 
 
 @magics_class
@@ -168,8 +168,8 @@ def _validate(args: Any) -> None:
         raise UsageError(f"--workers must be 0 or more, got {args.workers}")
     if args.export is not None and not args.export.endswith(EXPORT_SUFFIXES):
         raise UsageError(
-            f"--export: cannot write {args.export!r}; use a .json (profile) or "
-            ".trace.json (Chrome/Perfetto trace) file name"
+            f"--export: cannot write {args.export!r}; use a .json (profile), "
+            ".trace.json (Chrome/Perfetto trace) or .html (report page) file name"
         )
 
 

@@ -131,13 +131,16 @@ class EpochProfile:
         return path
 
     def export(self, path: str | Path) -> Path:
-        """Write by suffix: ``.trace.json`` (trace) or ``.json`` (profile)."""
+        """Write by suffix: ``.trace.json`` (trace), ``.json`` (profile) or
+        ``.html`` (report page)."""
         name = str(path)
+        if name.endswith(".html"):
+            return self.to_html(path)
         if name.endswith(".trace.json"):
             return self.to_chrome_trace(path)
         if name.endswith(".json"):
             return self.save(path)
-        raise ValueError(f"cannot export to {name!r}: use a .json or .trace.json file name")
+        raise ValueError(f"cannot export to {name!r}: use a .json, .trace.json or .html file name")
 
     # -- what-ifs --------------------------------------------------------------
     def rerun(
@@ -195,7 +198,34 @@ class EpochProfile:
         p.text(self.text())
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return {"text/plain": self.text()}
+        """The widget dashboard where a frontend shows widgets; ``text/html``
+        and ``image/png`` for nbconvert and GitHub; ``text/plain`` for terminals."""
+        from epochmagic import charts, htmlreport
+
+        bundle: dict[str, Any] = {"text/plain": self.text(), "text/html": htmlreport.report(self)}
+        if self.steps:
+            bundle["image/png"] = charts.breakdown(self)
+        try:
+            view = self.dashboard()._repr_mimebundle_()
+        except Exception:  # noqa: BLE001 (no widgets here: the other formats stand)
+            view = {}
+        bundle.update({k: v for k, v in view.items() if k != "text/plain"})
+        return bundle
+
+    def dashboard(self) -> Any:
+        """The ipywidgets report (with live what-if controls when the cell can
+        be re-run)."""
+        from epochmagic.dashboard import Dashboard
+
+        return Dashboard(self).widget
+
+    def to_html(self, path: str | Path) -> Path:
+        """A static report page (HTML with the charts inline; no network needed)."""
+        from epochmagic.htmlreport import page
+
+        path = Path(path)
+        path.write_text(page(self), encoding="utf-8")
+        return path
 
 
 def _jsonable(value: Any) -> Any:
