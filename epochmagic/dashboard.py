@@ -209,8 +209,8 @@ class Dashboard:
         }
         if not self.c_batch.disabled:
             s["batch_size"] = self.c_batch.value
-        if self.c_workers.value:
-            s["prefetch_factor"] = self.c_prefetch.value
+        if self.c_workers.value and (self.c_prefetch.value != 2 or self.prof.config.get("workers")):
+            s["prefetch_factor"] = self.c_prefetch.value  # 2 is DataLoader's default
         return s
 
     def try_it(self, suggestion: dict[str, Any]) -> None:
