@@ -130,7 +130,7 @@ class Dashboard:
             value=int(cfg.get("workers") or 0), min=0, max=cores, description="workers"
         )
         self.c_precision = w.Dropdown(
-            options=list(whatif.PRECISIONS),
+            options=self._precisions(),
             value=cfg.get("precision") or "fp32",
             description="precision",
         )
@@ -183,6 +183,25 @@ class Dashboard:
                 self.chart,
             ]
         )
+
+    def _precisions(self) -> list[tuple[str, str]]:
+        """Precision options; one the device cannot run says why (a Dropdown
+        cannot grey out single options, and a what-if would only say
+        'unsupported' after the click)."""
+        device = str(self.prof.config.get("device") or "cpu").split(":")[0]
+        dtypes = {"bf16": "bfloat16", "fp16": "float16"}
+        options = []
+        for name in whatif.PRECISIONS:
+            label = name
+            if name in dtypes:
+                import torch
+
+                try:
+                    whatif.check_precision(device, getattr(torch, dtypes[name]), name)
+                except whatif.Unsupported as e:
+                    label = f"{name} (cannot run: {str(e).split(': ', 1)[-1][:40]})"
+            options.append((label, name))
+        return options
 
     def _exports(self) -> Any:
         w = self.w

@@ -33,26 +33,7 @@ ARGS = [
 ]
 SCREENSHOTS = Path(os.environ.get("EPOCHMAGIC_SCREENSHOTS", Path(__file__).parent / "screenshots"))
 
-CELLS = [
-    "%load_ext epochmagic",
-    """import torch, torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
-torch.manual_seed(0)
-class Augmented(Dataset):
-    def __len__(self): return 1024
-    def __getitem__(self, i):
-        x = torch.randn(32)
-        for _ in range(20): x = x * 0.99 + 0.01
-        return x, i % 10
-train_loader = DataLoader(Augmented(), batch_size=32, shuffle=True)
-model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
-opt = torch.optim.AdamW(model.parameters(), lr=1e-3)""",
-    """%%epochprofile -o prof
-for epoch in range(3):
-    for xb, yb in train_loader:
-        loss = nn.functional.cross_entropy(model(xb), yb)
-        opt.zero_grad(); loss.backward(); opt.step()""",
-]
+QUICKSTART = Path(__file__).parent.parent / "example_notebooks" / "quickstart.ipynb"
 
 
 def _free_port() -> int:
@@ -84,13 +65,7 @@ def server(tmp_path_factory):
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False})
     )
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells = [nbformat.v4.new_code_cell(c) for c in CELLS]
+    nb = nbformat.read(QUICKSTART, as_version=4)
     nbformat.write(nb, root / "dash.ipynb")
     port, token = _free_port(), secrets.token_hex(16)
     proc = subprocess.Popen(
@@ -164,8 +139,9 @@ def test_dashboard_renders_and_a_what_if_runs_from_the_browser(server, app):
         try:
             page.goto(url)
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-            page.wait_for_function("() => !!window.jupyterapp?.shell?.currentWidget"
-                                   "?.sessionContext", timeout=60_000)
+            page.wait_for_function(
+                "() => !!window.jupyterapp?.shell?.currentWidget?.sessionContext", timeout=60_000
+            )
             page.wait_for_function(
                 "() => { const k = window.jupyterapp?.shell?.currentWidget?.sessionContext"
                 "?.session?.kernel; return k && k.connectionStatus === 'connected' && "
@@ -186,7 +162,7 @@ def test_dashboard_renders_and_a_what_if_runs_from_the_browser(server, app):
                 timeout=30_000,
             )
             page.get_by_text("Diagnosis", exact=True).first.click()
-            page.get_by_text("Input-bound").first.wait_for(timeout=10_000)
+            page.get_by_text("input-bound").first.wait_for(timeout=10_000)
             page.get_by_text("What-if", exact=True).first.click()
             slider = page.locator(".widget-slider").filter(has_text="workers").first
             slider.scroll_into_view_if_needed()
