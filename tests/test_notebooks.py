@@ -27,3 +27,8 @@ def test_notebook_executes_and_shows_a_report(path, tmp_path):
     assert "epochmagic: epoch" in report
     assert "verdict:" in report
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    # what nbconvert and GitHub show without widget state: HTML and a PNG
+    data = [o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])]
+    report = next(d for d in data if "epochmagic: epoch" in d.get("text/plain", ""))
+    assert "<img" in report["text/html"] and report["image/png"]
+    assert "application/vnd.jupyter.widget-view+json" in report
