@@ -38,6 +38,22 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _cached(draw: Any) -> Any:
+    """One PNG per profile and chart: the HTML report, the PNG fallback and
+    the dashboard all show the same breakdown."""
+
+    def wrapper(prof: EpochProfile) -> bytes:
+        cache = prof.__dict__.setdefault("_charts", {})
+        if draw.__name__ not in cache:
+            cache[draw.__name__] = draw(prof)
+        return cache[draw.__name__]  # type: ignore[no-any-return]
+
+    wrapper.__name__ = draw.__name__
+    wrapper.__doc__ = draw.__doc__
+    return wrapper
+
+
+@_cached
 def breakdown(prof: EpochProfile) -> bytes:
     """One horizontal bar: the epoch split into its seven phases."""
     fig, ax = _figure(8, 2.0)
@@ -65,6 +81,7 @@ def breakdown(prof: EpochProfile) -> bytes:
     return _png(fig)
 
 
+@_cached
 def timeline(prof: EpochProfile, max_bars: int = 400) -> bytes:
     """Per-step stacked bars: warm-up, stalls and growth show at a glance."""
     fig, ax = _figure(8, 2.6)
