@@ -9,7 +9,7 @@ import html
 import os
 from typing import TYPE_CHECKING, Any
 
-from epochmagic import charts, htmlreport, whatif
+from epochmagic import changes, charts, htmlreport, whatif
 from epochmagic.textreport import header, verdict
 
 if TYPE_CHECKING:
@@ -191,14 +191,14 @@ class Dashboard:
         device = str(self.prof.config.get("device") or "cpu").split(":")[0]
         dtypes = {"bf16": "bfloat16", "fp16": "float16"}
         options = []
-        for name in whatif.PRECISIONS:
+        for name in changes.PRECISIONS:
             label = name
             if name in dtypes:
                 import torch
 
                 try:
-                    whatif.check_precision(device, getattr(torch, dtypes[name]), name)
-                except whatif.Unsupported as e:
+                    changes.check_precision(device, getattr(torch, dtypes[name]), name)
+                except changes.Unsupported as e:
                     label = f"{name} (cannot run: {str(e).split(': ', 1)[-1][:40]})"
             options.append((label, name))
         return options

@@ -16,9 +16,9 @@ import torch
 from IPython.core.error import UsageError
 
 from epochmagic import environment as envmod
+from epochmagic.changes import autocast_factory, substitution
 from epochmagic.loaders import Unsupported
 from epochmagic.profile import EpochProfile
-from epochmagic.whatif import autocast_factory, substitution
 
 
 @dataclass

@@ -18,10 +18,11 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from epochmagic import evidence
+from epochmagic.assemble import build_profile
 from epochmagic.diagnose import diagnose
 from epochmagic.firstrun import FirstRun
 from epochmagic.profile import EpochProfile
-from epochmagic.session import build_profile, compile_cell, run_cell
+from epochmagic.session import compile_cell, run_cell
 from epochmagic.whatif import attach
 
 VALUE_OPTIONS = {

@@ -19,21 +19,20 @@ from typing import Any
 
 import torch
 
+from epochmagic import changes, loaders, predict
 from epochmagic import environment as envmod
-from epochmagic import loaders, predict
+from epochmagic.assemble import build_profile
+from epochmagic.changes import PRECISIONS
 from epochmagic.diagnose import diagnose
 from epochmagic.loaders import Unsupported
-from epochmagic.probes import loader_keys
 from epochmagic.profile import EpochProfile
-from epochmagic.session import Cell, build_profile, run_cell
+from epochmagic.session import Cell, run_cell
 from epochmagic.snapshot import Snapshot, rebound_names
 from epochmagic.timeline import steady_median
 
 DEFAULT_STEPS = 30
-PRECISIONS = ("fp32", "bf16", "fp16")
 LOADER_KEYS = ("batch_size", "workers", "pin_memory", "persistent_workers", "prefetch_factor")
 SETTING_KEYS = ("batch_size", "workers", "precision", "threads", *LOADER_KEYS[2:], "fused")
-FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad)
 
 
 @dataclass
@@ -187,7 +186,7 @@ def _plan(base: EpochProfile, ctx: RunContext, s: dict[str, Any]) -> _Plan:
                 f"{', '.join(loader_changes)}: this cell has no training DataLoader to change "
                 "(its steps are counted by the optimizer)"
             )
-        substitute, rebuilt = substitution(ctx.train_loader, loader_changes)
+        substitute, rebuilt = changes.substitution(ctx.train_loader, loader_changes)
         _check_memory(base, s)
         try:
             steps_per_epoch = len(rebuilt[0])
@@ -198,59 +197,11 @@ def _plan(base: EpochProfile, ctx: RunContext, s: dict[str, Any]) -> _Plan:
     return _Plan(substitute, autocast, rebuilt, steps_per_epoch, notes)
 
 
-def substitution(original: Any, changes: dict[str, Any]) -> tuple[Callable[[Any], Any], list[Any]]:
-    """A probe hook that swaps the training loader (and any loader over its
-    dataset, e.g. skorch's fresh one each epoch) for a rebuilt one."""
-    template = loaders.rebuild(original, **changes)
-    keys = loader_keys(original)
-    cache: dict[int, Any] = {id(original): template}
-    rebuilt = [template]
-
-    def substitute(loader: Any) -> Any:
-        if any(loader is r for r in rebuilt) or not (loader_keys(loader) & keys):
-            return None
-        if id(loader) not in cache:
-            cache[id(loader)] = loaders.rebuild(loader, **changes)
-            rebuilt.append(cache[id(loader)])
-        return cache[id(loader)]
-
-    return substitute, rebuilt
-
-
 def _autocast(base: EpochProfile, s: dict[str, Any], notes: list[str]) -> Callable[[], Any] | None:
     device = str(base.config.get("device") or "cpu").split(":")[0]
-    return autocast_factory(s["precision"], base.config.get("precision") or "fp32", device, notes)
-
-
-def autocast_factory(
-    want: str, have: str, device: str, notes: list[str]
-) -> Callable[[], Any] | None:
-    """An autocast context for root forwards, or None when nothing changes."""
-    if want == have:
-        return None
-    if want == "fp32":
-        return lambda: torch.autocast(device, enabled=False)
-    dtype = torch.bfloat16 if want == "bf16" else torch.float16
-    check_precision(device, dtype, want)
-    if want == "fp16" and device == "cuda":
-        notes.append(
-            "fp16 without the cell's own GradScaler: losses may underflow, the timing holds"
-        )
-    return lambda: torch.autocast(device, dtype=dtype)
-
-
-def check_precision(device: str, dtype: torch.dtype, name: str) -> None:
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise Unsupported(f"{name}: CUDA is not available")
-        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            raise Unsupported(f"{name}: {torch.cuda.get_device_name()} has no bfloat16 support")
-        return
-    try:
-        with torch.autocast(device, dtype=dtype):
-            torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
-    except (RuntimeError, ValueError) as e:
-        raise Unsupported(f"{name}: autocast on {device} cannot run it ({e})") from None
+    return changes.autocast_factory(
+        s["precision"], base.config.get("precision") or "fp32", device, notes
+    )
 
 
 def _check_memory(base: EpochProfile, s: dict[str, Any]) -> None:
@@ -264,23 +215,12 @@ def _check_memory(base: EpochProfile, s: dict[str, Any]) -> None:
     baseline = min(per_step) if per_step else 0
     grow = max(0, int(mem.get("peak_bytes", 0)) - baseline)
     estimate = grow * (new / old - 1)
-    free = _available_memory()
+    free = changes.available_memory()
     if free is not None and estimate > 0.8 * free:
         raise Unsupported(
             f"batch_size={new}: estimated {estimate / 2**30:.1f} GiB more memory than batch "
             f"{old} used, but only {free / 2**30:.1f} GiB is available"
         )
-
-
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _run(
@@ -313,7 +253,9 @@ def _run(
                 ns[n] = plan.rebuilt[0]
         with contextlib.ExitStack() as stack:
             if s["fused"] and not base.config.get("fused"):
-                stack.enter_context(_fused(ns, opt_names, ctx.optimizers, plan.notes))
+                stack.enter_context(
+                    changes.fused_optimizers(ns, opt_names, ctx.optimizers, plan.notes)
+                )
             torch.set_num_threads(int(s["threads"]))
             run = run_cell(
                 cell,
@@ -404,62 +346,6 @@ def _unsupported(base: EpochProfile, s: dict[str, Any], predicted: Any, why: str
 
 
 @contextlib.contextmanager
-def _fused(
-    ns: dict[str, Any], names: set[str], optimizers: list[Any], notes: list[str]
-) -> Iterator[None]:
-    """Run with fused copies of the namespace's optimizers (the user's are not
-    touched) and with fused=True for optimizers the cell creates."""
-    for name in names:
-        copy = fused_copy(ns[name])
-        if copy is not None:
-            ns[name] = copy
-        else:
-            notes.append(f"{type(ns[name]).__name__} has no fused implementation: {name} unchanged")
-    originals = {cls: cls.__init__ for cls in FUSABLE}
-
-    def make_init(cls: type, init: Any) -> Any:
-        def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:
-            if "fused" not in kwargs and not args:
-                kwargs["fused"] = True
-                kwargs.setdefault("foreach", None)
-            init(self, params, *args, **kwargs)
-
-        return __init__
-
-    try:
-        for cls, init in originals.items():
-            cls.__init__ = make_init(cls, init)  # type: ignore[misc,method-assign]
-        yield
-    finally:
-        for cls, init in originals.items():
-            cls.__init__ = init  # type: ignore[misc,method-assign]
-
-
-def fused_copy(opt: Any) -> Any:
-    """A fused optimizer with ``opt``'s hyper-parameters and state, or None."""
-    if type(opt) not in FUSABLE:
-        return None
-    groups = []
-    for g in opt.param_groups:
-        g2 = dict(g)
-        g2["params"] = list(g["params"])
-        g2["fused"], g2["foreach"] = True, None
-        groups.append(g2)
-    defaults = {k: v for k, v in opt.defaults.items() if k not in ("fused", "foreach")}
-    try:
-        new = type(opt)(groups, **defaults, fused=True)
-        new.load_state_dict(opt.state_dict())
-    except (RuntimeError, ValueError, TypeError):
-        return None
-    for g in new.param_groups:  # load_state_dict turns fused off again
-        g["fused"], g["foreach"] = True, None
-    for p, st in new.state.items():
-        if "step" in st and torch.is_tensor(st["step"]):
-            st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
-    return new
-
-
-@contextlib.contextmanager
 def _progress_bar(bar: Any, total: int, desc: str) -> Iterator[Callable[[int], None] | None]:
     if bar is False:
         yield None
@@ -515,7 +401,6 @@ __all__ = [
     "Unsupported",
     "attach",
     "default_steps",
-    "fused_copy",
     "rank",
     "rerun",
     "sweep",

@@ -257,10 +257,10 @@ for epoch in range(2):
 
 
 def test_cpu_memory_estimate_refuses_a_batch_that_would_not_fit(ip, base, monkeypatch):
-    from epochmagic import whatif
+    from epochmagic import changes
 
     base.memory["peak_bytes"] = max(base.memory["per_step_bytes"]) + 2**30  # 1 GiB per batch
-    monkeypatch.setattr(whatif, "_available_memory", lambda: 2 * 2**30)
+    monkeypatch.setattr(changes, "available_memory", lambda: 2 * 2**30)
     r = base.rerun(batch_size=16 * 64)
     assert r.status == "unsupported" and "GiB" in r.error
 

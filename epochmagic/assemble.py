@@ -1,0 +1,242 @@
+"""Turn a finished run into an ``EpochProfile``: steps and phases from the
+timeline, the epoch estimate, the loader's config, the machine, the notes that
+explain what was measured."""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import torch
+
+from epochmagic import environment as envmod
+from epochmagic.probes import Probes, loader_keys
+from epochmagic.profile import EpochProfile
+from epochmagic.session import Cell, RunResult
+from epochmagic.timeline import Timeline, steady_median, warmup_count
+
+
+def build_profile(run: RunResult, cell: Cell, user_ns: dict[str, Any]) -> EpochProfile:
+    tl = run.timeline
+    probes = run.probes
+    steps = len(tl.step_bounds)
+    step_times = tl.step_times
+    in_steps = sum(step_times)
+    samples = sum(tl.step_samples)
+    tokens = tl.step_tokens
+    has_tokens = bool(tokens) and all(t is not None for t in tokens)
+    loader = tl.training_pass.loader if tl.training_pass is not None else None
+    steps_per_epoch = _steps_per_epoch(tl, loader, cell, user_ns, steps)
+    complete = run.status == "ok" and run.stop_reason in ("epoch", "end")
+    if complete:
+        epoch_s: float | None = tl.wall_s
+    elif steps and steps_per_epoch:
+        med = steady_median(step_times) or 0.0
+        epoch_s = tl.wall_s + max(0, steps_per_epoch - steps) * med
+    else:
+        epoch_s = None
+    modules = [m for m in probes.roots.values()]
+    trained = probes.trained_param_ids()
+    modules.sort(key=lambda m: not any(id(p) in trained for p in m.parameters()))
+    device = envmod.model_device(modules)
+    config = envmod.loader_config(loader)
+    config.update(
+        precision=probes.precision or "fp32",
+        threads=torch.get_num_threads(),
+        fused=envmod.optimizer_fused(list(probes.optimizers.values())),
+        device=device,
+    )
+    prof = EpochProfile(
+        wall_s=tl.wall_s,
+        epoch_s=epoch_s,
+        steps=steps,
+        steps_per_epoch=steps_per_epoch,
+        samples=samples,
+        samples_per_s=samples / in_steps if samples and in_steps > 0 else None,
+        phases=tl.phases,
+        outside_steps_s=tl.outside_steps_s,
+        memory=_memory(tl, device),
+        gpu=None,
+        step_times=step_times,
+        step_phases=tl.step_phases,
+        throughput_unit="tokens" if has_tokens else "samples",
+        tokens_per_s=(sum(t or 0 for t in tokens) / in_steps) if has_tokens and in_steps else None,
+        config=config,
+        environment=envmod.environment(device),
+        status=run.status,
+        error=_describe(run.exc) if run.exc is not None and run.status != "interrupted" else None,
+        output=run.output,
+        step_starts_s=[a - tl.start for a, _ in tl.step_bounds],
+        stop_reason=run.stop_reason,
+        step_clock=tl.clock,
+        training_loader=_loader_name(loader, user_ns),
+        skipped_steps=probes.scaler_skips,
+        cell=cell.source,
+        cpu_s=run.cpu_s,
+    )
+    prof.notes = _notes(prof, run, probes)
+    return prof
+
+
+def _steps_per_epoch(
+    tl: Timeline, loader: Any, cell: Cell, user_ns: dict[str, Any], steps: int
+) -> int | None:
+    if loader is not None:
+        try:
+            return len(loader)
+        except TypeError:
+            return None
+    if tl.clock in ("optimizer", "backward"):
+        return loop_length(cell.tree, user_ns)
+    return None
+
+
+def loop_length(tree: ast.Module, user_ns: dict[str, Any]) -> int | None:
+    """Iterations of the ``for ... in range(...)`` loops around ``.step(`` in
+    the cell, when they can be read (literals and names in the namespace)."""
+
+    def calls_step(node: ast.AST) -> bool:
+        return any(
+            isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "step"
+            for n in ast.walk(node)
+        )
+
+    safe_calls = {"len": len, "int": int, "min": min, "max": max, "abs": abs, "round": round}
+    safe_nodes = (
+        ast.Expression,
+        ast.Name,
+        ast.Load,
+        ast.Constant,
+        ast.Attribute,
+        ast.BinOp,
+        ast.UnaryOp,
+        ast.operator,
+        ast.unaryop,
+        ast.Call,
+    )
+
+    def readable(node: ast.expr) -> bool:
+        """Names, numbers, arithmetic and len()/min()/max(): nothing with effects."""
+        for n in ast.walk(node):
+            if not isinstance(n, safe_nodes):
+                return False
+            if isinstance(n, ast.Call) and not (
+                isinstance(n.func, ast.Name) and n.func.id in safe_calls and not n.keywords
+            ):
+                return False
+        return True
+
+    def length(expr: ast.expr) -> int | None:
+        if not (
+            isinstance(expr, ast.Call)
+            and isinstance(expr.func, ast.Name)
+            and expr.func.id == "range"
+            and 1 <= len(expr.args) <= 3
+        ):
+            return None
+        if not all(readable(a) for a in expr.args):
+            return None
+        scope = {**user_ns, **safe_calls, "__builtins__": {}}
+        try:
+            values = [eval(compile(ast.Expression(a), "<range>", "eval"), scope) for a in expr.args]
+            return len(range(*[int(v) for v in values]))
+        except Exception:  # noqa: BLE001 (anything unreadable means unknown)
+            return None
+
+    total: int | None = None
+    body: list[ast.stmt] = list(tree.body)
+    while True:
+        loops = [s for s in body if isinstance(s, (ast.For, ast.While)) and calls_step(s)]
+        if len(loops) != 1:
+            return total
+        loop = loops[0]
+        if isinstance(loop, ast.While):
+            return None
+        n = length(loop.iter)
+        if n is None:
+            return None
+        total = n if total is None else total * n
+        body = loop.body
+
+
+def _memory(tl: Timeline, device: str) -> dict[str, Any]:
+    mem: dict[str, Any] = {
+        "kind": "cpu",
+        "peak_bytes": max((m for _, m in tl.memory_samples), default=0),
+        "per_step_bytes": tl.step_memory,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        mem = {
+            "kind": "cuda",
+            "peak_bytes": int(torch.cuda.max_memory_allocated()),
+            "peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+            "per_step_bytes": tl.step_memory,
+            "host_peak_bytes": mem["peak_bytes"],
+        }
+    return mem
+
+
+def _loader_name(loader: Any, user_ns: dict[str, Any]) -> str | None:
+    if loader is None:
+        return None
+    keys = loader_keys(loader)
+    for name, value in user_ns.items():
+        if value is loader and not name.startswith("_"):
+            return name
+    for name, value in user_ns.items():
+        if (
+            not name.startswith("_")
+            and isinstance(value, torch.utils.data.DataLoader)
+            and (loader_keys(value) & keys)
+        ):
+            return name
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
+    notes = []
+    name = f"`{prof.training_loader}`" if prof.training_loader else "the training loader"
+    reason = run.stop_reason
+    if reason == "epoch":
+        notes.append(f"stopped the cell when {name} started its second pass: one epoch measured")
+    elif reason in ("steps", "seconds"):
+        why = (
+            f"--steps {probes.max_steps}"
+            if reason == "steps"
+            else (
+                f"--max-seconds {probes.max_seconds:g}"
+                if probes.max_seconds is not None
+                else "the 60 s default limit for loops without a DataLoader (--max-seconds)"
+            )
+        )
+        notes.append(f"stopped the cell after {prof.steps} steps ({why})")
+    elif reason == "interrupted":
+        notes.append(f"interrupted after {prof.steps} steps: a partial profile")
+    elif reason == "error":
+        notes.append(f"the cell raised {prof.error} after {prof.steps} steps: a partial profile")
+    if prof.epoch_s is not None and prof.epoch_s != prof.wall_s and prof.steps_per_epoch:
+        warm = warmup_count(prof.step_times)
+        med = steady_median(prof.step_times) or 0.0
+        notes.append(
+            f"epoch time extrapolated: {prof.wall_s:.3f} s measured + "
+            f"{prof.steps_per_epoch - prof.steps} remaining steps x {med * 1000:.1f} ms "
+            f"(median step, first {warm} warm-up step{'s' if warm != 1 else ''} left out)"
+        )
+    elif prof.epoch_s is None and prof.steps:
+        notes.append("the epoch's length is unknown, so the epoch time is not extrapolated")
+    if prof.step_clock == "optimizer":
+        notes.append("no training DataLoader: one step per optimizer step() call")
+    elif prof.step_clock == "backward":
+        notes.append("no DataLoader or optimizer: one step per backward() call")
+    if prof.skipped_steps:
+        notes.append(
+            f"a GradScaler skipped {prof.skipped_steps} optimizer steps (inf/nan gradients)"
+        )
+    if probes.loader_name is not None and not probes.named_loader_seen:
+        notes.append(f"--loader {probes.loader_name}: no loader of that name was iterated")
+    return notes
