@@ -294,14 +294,15 @@ class Dashboard:
         self.results.append(result)
         self.labels.append(label)
         pred = (result.predicted or {}).get("epoch_s")
+        # chart and progress first: the table row is what tells a watcher the run is done
+        self.chart.value = charts.comparison(self.prof, self.results, self.labels)
+        self.progress.description = "done"
         self.prediction.value = (
             f"<b>{html.escape(label)}</b>: predicted {pred:.2f} s before the run"
             if pred
             else f"<b>{html.escape(label)}</b>: no prediction"
         )
         self.table.value = self._table()
-        self.chart.value = charts.comparison(self.prof, self.results, self.labels)
-        self.progress.description = "done"
 
     def _table(self) -> str:
         base = self.prof.epoch_s
