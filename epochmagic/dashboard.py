@@ -159,6 +159,7 @@ class Dashboard:
         self.table = w.HTML(self._table())
         self.chart = w.Image(format="png", layout={"max_width": "820px"})
         self.run_button.on_click(lambda _b: self.run())
+        self.c_precision.observe(lambda _c: self._check_precision(), names="value")
         self.fastest_button.on_click(lambda _b: self.find_fastest())
         self.controls = [
             self.c_batch,
@@ -202,6 +203,17 @@ class Dashboard:
                     label = f"{name} (cannot run: {str(e).split(': ', 1)[-1][:40]})"
             options.append((label, name))
         return options
+
+    def _check_precision(self) -> None:
+        """A precision the device cannot run disables Run and says why."""
+        label = next(
+            (lbl for lbl, v in self.c_precision.options if v == self.c_precision.value), ""
+        )
+        blocked = "cannot run" in label
+        self.run_button.disabled = blocked
+        self.run_button.tooltip = label if blocked else ""
+        if blocked:
+            self.prediction.value = f"<b>{html.escape(label)}</b>: Run is disabled"
 
     def _exports(self) -> Any:
         w = self.w
@@ -255,6 +267,8 @@ class Dashboard:
             c.disabled = (
                 busy if c is not self.c_batch else (busy or not self.prof.config.get("batch_size"))
             )
+        if not busy:
+            self._check_precision()
 
     def run(self) -> EpochProfile | None:
         with self.out:

@@ -95,3 +95,21 @@ def test_magic_export_html(ip, tmp_path):
     path = tmp_path / "r.html"
     run(ip, CELL.replace("--no-lines", f"--no-lines --export {path}"))
     assert "epochmagic" in path.read_text()
+
+
+def test_a_precision_the_device_cannot_run_disables_run(prof, monkeypatch):
+    from epochmagic import changes
+    from epochmagic.dashboard import Dashboard
+
+    def refuse(device, dtype, name):
+        if name == "fp16":
+            raise changes.Unsupported(f"{name}: autocast on {device} cannot run it (test)")
+
+    monkeypatch.setattr(changes, "check_precision", refuse)
+    d = Dashboard(prof)
+    labels = dict((v, lbl) for lbl, v in d.c_precision.options)
+    assert "cannot run" in labels["fp16"] and labels["bf16"] == "bf16"
+    d.c_precision.value = "fp16"
+    assert d.run_button.disabled and "cannot run" in d.prediction.value
+    d.c_precision.value = "fp32"
+    assert not d.run_button.disabled
