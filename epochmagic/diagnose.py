@@ -158,6 +158,13 @@ def data_loading(prof: EpochProfile) -> Finding | None:
             f"the dataset takes {_ms(loading['per_sample_s'])} per sample and collate "
             f"{_ms(loading['collate_s'])} per batch (timed in this process)"
         )
+        if "transform_s" in loading:
+            bits.append(f"of which its transform takes {_ms(loading['transform_s'])} per sample")
+        if "worker_per_sample_s" in loading:
+            bits.append(
+                f"inside a worker process: {_ms(loading['worker_per_sample_s'])} per sample, "
+                f"collate {_ms(loading['worker_collate_s'])} per batch"
+            )
         if "worker_batch_s" in loading:
             bits.append(f"a batch takes {_ms(loading['worker_batch_s'])} inside one worker process")
     if prof.evidence.get("transform"):

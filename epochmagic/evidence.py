@@ -61,6 +61,16 @@ def _loading(loader: Any, data_share: float) -> dict[str, float] | None:
         in_worker = loaders.worker_batch_time(loader, batches=10, max_seconds=0.3)
         if in_worker is not None:
             cost["worker_batch_s"] = in_worker
+        if int(getattr(loader, "num_workers", 0) or 0) > 0:
+            inside = loaders.loading_cost_in_worker(loader)
+            if inside:
+                cost.update(
+                    {
+                        f"worker_{k}": v
+                        for k, v in inside.items()
+                        if k in ("per_sample_s", "collate_s", "transform_s")
+                    }
+                )
     return cost
 
 

@@ -219,12 +219,73 @@ def loading_cost(loader: Any, max_seconds: float = 0.5) -> dict[str, float] | No
         torch.set_rng_state(states[1])
     per_sample = fetch / len(samples)
     collate_per_sample = collate / max(1, len(batch))
-    return {
+    cost = {
         "per_sample_s": per_sample,
         "collate_s": collate_per_sample * bs,
         "per_batch_s": per_sample * bs + collate_per_sample * bs,
         "samples_timed": float(len(samples)),
     }
+    transform = _transform_share(dataset, len(samples), per_sample)
+    if transform is not None:
+        cost["transform_s"] = transform
+    return cost
+
+
+def _transform_share(dataset: Any, n: int, per_sample: float) -> float | None:
+    """Seconds per sample spent in the dataset's ``transform``: the same
+    samples fetched once more with it switched off (and put back)."""
+    import random
+    import time
+
+    transform = getattr(dataset, "transform", None)
+    if transform is None or not callable(transform):
+        return None
+    states = (random.getstate(), torch.get_rng_state())
+    try:
+        dataset.transform = None
+        t0 = time.perf_counter()
+        for i in range(n):
+            dataset[i]
+        raw = (time.perf_counter() - t0) / n
+    except Exception:  # noqa: BLE001 (a dataset that needs its transform: no split)
+        return None
+    finally:
+        dataset.transform = transform
+        random.setstate(states[0])
+        torch.set_rng_state(states[1])
+    return max(0.0, per_sample - raw)
+
+
+def loading_cost_in_worker(loader: Any, timeout: float = 10.0) -> dict[str, float] | None:
+    """``loading_cost`` measured inside a forked process set up like a
+    DataLoader worker (one torch thread): where the workers' time really goes.
+    Only with the fork start method; elsewhere None."""
+    import multiprocessing as mp
+
+    if start_method(loader) != "fork":
+        return None
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def work() -> None:
+        torch.set_num_threads(1)
+        child.send(loading_cost(loader, max_seconds=0.2))
+
+    proc = ctx.Process(target=work, daemon=True)
+    try:
+        proc.start()
+        if parent.poll(timeout):
+            result = parent.recv()
+            return result if isinstance(result, dict) else None
+        return None
+    except (OSError, EOFError):
+        return None
+    finally:
+        proc.join(timeout=1)
+        if proc.is_alive():
+            proc.kill()
+        parent.close()
+        child.close()
 
 
 def worker_batch_time(loader: Any, batches: int = 30, max_seconds: float = 0.6) -> float | None:
