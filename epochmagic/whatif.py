@@ -142,8 +142,8 @@ def _loading(base: EpochProfile, ctx: RunContext, s: dict[str, Any]) -> dict[str
     process (when the what-if uses workers)."""
     if ctx.train_loader is None or base.step_clock != "loader":
         return None
-    if ctx.loading is None:
-        ctx.loading = {}
+    if ctx.loading is None:  # start from what the magic already measured for the findings
+        ctx.loading = dict(base.evidence.get("loading") or {})
     if base.config.get("workers") and "per_batch_s" not in ctx.loading:
         ctx.loading.update(loaders.loading_cost(ctx.train_loader) or {})
     if s.get("workers") and "worker_batch_s" not in ctx.loading:
