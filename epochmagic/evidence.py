@@ -58,7 +58,7 @@ def _loading(loader: Any, data_share: float) -> dict[str, float] | None:
         return None
     cost = loaders.loading_cost(loader, max_seconds=0.2)
     if cost is not None:  # the worker suggestion is predicted from it
-        in_worker = loaders.worker_batch_time(loader, batches=10, max_seconds=0.3)
+        in_worker = loaders.worker_batch_time(loader)
         if in_worker is not None:
             cost["worker_batch_s"] = in_worker
         if int(getattr(loader, "num_workers", 0) or 0) > 0:
