@@ -469,8 +469,16 @@ def model_compute(prof: EpochProfile) -> Finding | None:
                 for n, sec, _ in ev["module_forward_s"][:3]
             )
         )
+        if ev.get("module_backward_s"):
+            bits.append(
+                "in backward: "
+                + ", ".join(
+                    f"{n} {_ms(sec / max(1, prof.steps))}/step"
+                    for n, sec, _ in ev["module_backward_s"][:3]
+                )
+            )
     else:
-        bits.append("%%epochprofile --modules times each layer's forward")
+        bits.append("%%epochprofile --modules times each layer's forward and backward")
     return Finding(
         "model_compute",
         "Model compute: forward and backward",

@@ -8,6 +8,7 @@ the RNG and train/eval flags put back.
 
 from __future__ import annotations
 
+import bisect
 import random
 from typing import Any
 
@@ -44,6 +45,7 @@ def collect(run: Any, loader: Any, data_share: float) -> dict[str, Any]:
     }
     if probes.module_times:
         ev["module_forward_s"] = _module_times(probes.module_times, roots)
+        ev["module_backward_s"] = _backward_times(probes, run.timeline, roots)
     if ev["flops_per_step"]:
         state = torch.get_rng_state()
         ev["peak_flops"] = peak_flops()
@@ -117,6 +119,32 @@ def _module_times(times: dict[int, list[Any]], roots: list[Any]) -> list[tuple[s
         if not any(True for _ in m.children())
     ]
     return sorted(rows, key=lambda r: -r[1])[:10]
+
+
+def _backward_times(probes: Any, tl: Any, roots: list[Any]) -> list[tuple[str, float, int]]:
+    """A layer's backward runs from the moment the gradient reaches its output
+    until it reaches the output of the layer before it (autograd walks the
+    layers in reverse), or until backward() returns for the first layer."""
+    from epochmagic import recorder as r
+
+    ends = sorted(e[0] for e in probes.rec.events if e[1] == r.BWD_EXIT)
+    marks = sorted(probes.grad_marks)
+    totals: dict[int, list[float]] = {}
+    for i, (t, key) in enumerate(marks):
+        j = bisect.bisect_left(ends, t)
+        end = ends[j] if j < len(ends) else t
+        if i + 1 < len(marks) and marks[i + 1][0] <= end:
+            end = marks[i + 1][0]
+        acc = totals.setdefault(key, [0.0, 0])
+        acc[0] += end - t
+        acc[1] += 1
+    names = {
+        id(m): f"{n or type(r_).__name__} ({type(m).__name__})"
+        for r_ in roots
+        for n, m in r_.named_modules()
+    }
+    rows = [(names.get(k, "?"), float(v[0]), int(v[1])) for k, v in totals.items()]
+    return sorted(rows, key=lambda row: -row[1])[:10]
 
 
 def _layers(roots: list[Any]) -> list[tuple[str, int]]:

@@ -152,6 +152,7 @@ class Probes:
         self.on_step = on_step
         self.time_modules = time_modules
         self.module_times: dict[int, list[Any]] = {}  # id -> [module, seconds, calls]
+        self.grad_marks: list[tuple[float, int]] = []  # (time, module id) as gradients arrive
         # live state
         self.passes: dict[int, Pass] = {}
         self.current: Pass | None = None  # the pass that handed out the latest batch
@@ -253,6 +254,22 @@ class Probes:
             else:
                 entry[1] += spent
                 entry[2] += 1
+            # backward: the moment the gradient reaches a leaf layer's output is
+            # where its backward starts (a tensor hook: unlike module backward
+            # hooks it does not wrap the output, so in-place ops stay legal)
+            if (
+                isinstance(output, torch.Tensor)
+                and output.requires_grad
+                and probes.active
+                and not next(module.children(), None)
+            ):
+                key = id(module)
+
+                def mark(grad: Any, k: int = key) -> None:
+                    if probes.active:
+                        probes.grad_marks.append((clock(), k))
+
+                output.register_hook(mark)
 
         h1 = mm.register_module_forward_pre_hook(pre)
         h2 = mm.register_module_forward_hook(post, always_call=True)

@@ -245,8 +245,21 @@ def test_modules_option_times_each_layer(ip):
     rows = prof.evidence["module_forward_s"]
     assert rows and all(sec > 0 and calls >= prof.steps for _, sec, calls in rows)
     assert any("Linear" in name for name, _, _ in rows)
+    backward = prof.evidence["module_backward_s"]
+    assert backward and all(sec >= 0 for _, sec, _ in backward)
+    assert any("Linear" in name for name, _, _ in backward)
     detail = next(f.detail for f in prof.findings if f.code == "model_compute")
-    assert "slowest layers in forward" in detail
+    assert "slowest layers in forward" in detail and "in backward" in detail
+
+
+def test_modules_option_tolerates_in_place_ops(ip):
+    run(
+        ip,
+        SETUP + "\nmodel = nn.Sequential(nn.Linear(16, 32), nn.ReLU(inplace=True), "
+        "nn.Linear(32, 4))\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n",
+    )
+    run(ip, "%%epochprofile -o prof --text --no-lines --modules\n" + LOOP)
+    assert ip.user_ns["prof"].status == "ok" and ip.user_ns["prof"].evidence["module_backward_s"]
 
 
 def test_evidence_counts_parameters_and_flops(ip):
