@@ -113,8 +113,16 @@ def _worker_setting(prof: EpochProfile) -> tuple[dict[str, Any], float]:
     loading = prof.evidence.get("loading") if prof.evidence else None
     best: tuple[dict[str, Any], float] = ({}, 1.0)
     base = prof.epoch_s or prof.wall_s
+    threads_now = int(prof.config.get("threads") or 1)
+    data = prof.phases.get("data", 0.0)
+    compute = prof.phases.get("forward", 0.0) + prof.phases.get("backward", 0.0)
     for workers in range(1, min(cores, 8) + 1):
-        for nthreads in sorted({1, max(1, cores - workers), int(prof.config.get("threads") or 1)}):
+        fewer = {1, max(1, cores - workers)}
+        # Fewer intra-op threads only where loading dominates: the model does not
+        # know how much a multi-threaded forward/backward loses with one thread
+        # (the quickstart CNN measured 0.88-1.0x with workers=2, threads=1).
+        options = fewer | {threads_now} if data >= compute else {threads_now}
+        for nthreads in sorted(options):
             if (workers, nthreads) == (prof.config.get("workers"), prof.config.get("threads")):
                 continue  # what ran is the baseline, not a suggestion
             s = {**prof.config, "workers": workers, "threads": nthreads}
