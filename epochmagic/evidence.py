@@ -45,7 +45,7 @@ def collect(run: Any, loader: Any, data_share: float) -> dict[str, Any]:
     }
     if probes.module_times:
         ev["module_forward_s"] = _module_times(probes.module_times, roots)
-        ev["module_backward_s"] = _backward_times(probes, run.timeline, roots)
+        ev["module_backward_s"] = _backward_times(probes, roots)
     if ev["flops_per_step"]:
         state = torch.get_rng_state()
         ev["peak_flops"] = peak_flops()
@@ -105,14 +105,19 @@ def peak_flops(device: str = "cpu", seconds: float = 0.1) -> float | None:
     return _PEAK[device]
 
 
+def _layer_names(roots: list[Any]) -> dict[int, str]:
+    """``id(module)`` -> ``"name (Type)"`` for every layer of the trained models."""
+    return {
+        id(m): f"{n or type(root).__name__} ({type(m).__name__})"
+        for root in roots
+        for n, m in root.named_modules()
+    }
+
+
 def _module_times(times: dict[int, list[Any]], roots: list[Any]) -> list[tuple[str, float, int]]:
     """Leaf layers by forward time (inclusive times of containers would
     double-count their children)."""
-    names = {
-        id(m): f"{n or type(r).__name__} ({type(m).__name__})"
-        for r in roots
-        for n, m in r.named_modules()
-    }
+    names = _layer_names(roots)
     rows = [
         (names.get(key, type(m).__name__), float(sec), int(calls))
         for key, (m, sec, calls) in times.items()
@@ -121,7 +126,7 @@ def _module_times(times: dict[int, list[Any]], roots: list[Any]) -> list[tuple[s
     return sorted(rows, key=lambda r: -r[1])[:10]
 
 
-def _backward_times(probes: Any, tl: Any, roots: list[Any]) -> list[tuple[str, float, int]]:
+def _backward_times(probes: Any, roots: list[Any]) -> list[tuple[str, float, int]]:
     """A layer's backward runs from the moment the gradient reaches its output
     until it reaches the output of the layer before it (autograd walks the
     layers in reverse), or until backward() returns for the first layer."""
@@ -138,22 +143,19 @@ def _backward_times(probes: Any, tl: Any, roots: list[Any]) -> list[tuple[str, f
         acc = totals.setdefault(key, [0.0, 0])
         acc[0] += end - t
         acc[1] += 1
-    names = {
-        id(m): f"{n or type(r_).__name__} ({type(m).__name__})"
-        for r_ in roots
-        for n, m in r_.named_modules()
-    }
+    names = _layer_names(roots)
     rows = [(names.get(k, "?"), float(v[0]), int(v[1])) for k, v in totals.items()]
     return sorted(rows, key=lambda row: -row[1])[:10]
 
 
 def _layers(roots: list[Any]) -> list[tuple[str, int]]:
+    names = _layer_names(roots)
     sizes: list[tuple[str, int]] = []
     for root in roots:
-        for name, m in root.named_modules():
+        for m in root.modules():
             own = sum(p.numel() for p in m.parameters(recurse=False))
             if own:
-                sizes.append((f"{name or type(root).__name__} ({type(m).__name__})", own))
+                sizes.append((names[id(m)], own))
     return sorted(sizes, key=lambda x: -x[1])[:TOP_LAYERS]
 
 

@@ -640,11 +640,9 @@ class Probes:
         return ids
 
     def iter_passes(self) -> Iterator[Pass]:
-        seen: set[int] = set()
-        for e in self.rec.events:
-            if e[1] in (r.ITER_ENTER, r.NEXT_ENTER) and id(e[2]) not in seen:
-                seen.add(id(e[2]))
-                yield e[2]
+        from epochmagic.timeline import passes
+
+        return iter(passes(self.rec.events))
 
 
 def _steps_done(p: Pass) -> int:

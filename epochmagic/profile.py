@@ -7,6 +7,7 @@ numbers; saved profiles carry ``schema_version`` so they stay loadable.
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -84,11 +85,7 @@ class EpochProfile:
     @property
     def step_s(self) -> float | None:
         """Median step time (seconds)."""
-        if not self.step_times:
-            return None
-        ordered = sorted(self.step_times)
-        mid = len(ordered) // 2
-        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        return statistics.median(self.step_times) if self.step_times else None
 
     # -- serialisation -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

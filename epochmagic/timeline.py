@@ -56,12 +56,12 @@ def analyse(
     events = [e for e in events if start <= e[0] <= end]
     trained_param_ids = trained_param_ids or set()
     trained_roots = _trained_roots(events, trained_param_ids)
-    passes = _passes(events)
+    all_passes = passes(events)
     training_keys: set[tuple[str, int]] = set()
-    for p in passes:
+    for p in all_passes:
         if p.trained:
             training_keys |= p.keys
-    train_pass = next((p for p in passes if p.trained), None)
+    train_pass = next((p for p in all_passes if p.trained), None)
 
     if train_pass is not None:
         clock = "loader"
@@ -69,7 +69,7 @@ def analyse(
     else:
         clock, bounds, samples, tokens = _update_steps(events, clock_opt, trained_roots)
         labels = []
-    spans = _eval_spans(events, passes, training_keys, trained_roots, end)
+    spans = _eval_spans(events, all_passes, training_keys, trained_roots, end)
     phases, step_phases = _sweep(events, start, end, bounds, spans)
     mem = [(e[0], int(e[3])) for e in events if e[1] == r.MEM]
     return Timeline(
@@ -89,7 +89,8 @@ def analyse(
     )
 
 
-def _passes(events: list[r.Event]) -> list[Pass]:
+def passes(events: list[r.Event]) -> list[Pass]:
+    """The loader passes in the log, in the order they started."""
     seen: dict[int, Pass] = {}
     for e in events:
         if e[1] in (r.ITER_ENTER, r.NEXT_ENTER) and id(e[2]) not in seen:
