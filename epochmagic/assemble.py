@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from epochmagic import environment as envmod
+from epochmagic import gpu as gpumod
 from epochmagic.probes import Probes, loader_keys
 from epochmagic.profile import EpochProfile
 from epochmagic.session import Cell, RunResult
@@ -55,8 +56,8 @@ def build_profile(run: RunResult, cell: Cell, user_ns: dict[str, Any]) -> EpochP
         samples_per_s=samples / in_steps if samples and in_steps > 0 else None,
         phases=tl.phases,
         outside_steps_s=tl.outside_steps_s,
-        memory=_memory(tl, device),
-        gpu=None,
+        memory=_memory(tl, run.device),
+        gpu=_gpu(run),
         step_times=step_times,
         step_phases=tl.step_phases,
         throughput_unit="tokens" if has_tokens else "samples",
@@ -159,21 +160,40 @@ def loop_length(tree: ast.Module, user_ns: dict[str, Any]) -> int | None:
         body = loop.body
 
 
-def _memory(tl: Timeline, device: str) -> dict[str, Any]:
-    mem: dict[str, Any] = {
-        "kind": "cpu",
-        "peak_bytes": max((m for _, m in tl.memory_samples), default=0),
-        "per_step_bytes": tl.step_memory,
+def _memory(tl: Timeline, clock: Any) -> dict[str, Any]:
+    """Peak and per-step memory: the CUDA allocator's when the run used the
+    GPU (its peak was reset at the start), else the process RSS."""
+    peak = max((m for _, m in tl.memory_samples), default=0)
+    if clock is None or clock.name != "cuda" or not clock.used():
+        return {"kind": "cpu", "peak_bytes": peak, "per_step_bytes": tl.step_memory}
+    reserved = int(torch.cuda.max_memory_reserved())
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return {
+        "kind": "cuda",
+        "peak_bytes": int(torch.cuda.max_memory_allocated()),
+        "peak_reserved_bytes": reserved,
+        "per_step_bytes": tl.step_memory,  # allocated, sampled at step starts
+        "total_bytes": int(total),
+        "headroom_bytes": max(0, int(total) - reserved),  # before an out-of-memory
     }
-    if device.startswith("cuda") and torch.cuda.is_available():
-        mem = {
-            "kind": "cuda",
-            "peak_bytes": int(torch.cuda.max_memory_allocated()),
-            "peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
-            "per_step_bytes": tl.step_memory,
-            "host_peak_bytes": mem["peak_bytes"],
-        }
-    return mem
+
+
+def _gpu(run: RunResult) -> dict[str, Any] | None:
+    clock, tl = run.device, run.timeline
+    if clock is None or not clock.used():
+        return None
+    described = clock.describe()
+    if tl.device_phases is None:
+        described["events"] = False  # the device failed; host timing only
+    fields = gpumod.fields(tl, described)
+    count, size, pinned, async_ = run.probes.transfers
+    fields["transfer"] = {
+        "copies": count,
+        "bytes": size,
+        "pinned_share": pinned / size if size else None,
+        "non_blocking_share": async_ / size if size else None,
+    }
+    return fields
 
 
 def _loader_name(loader: Any, user_ns: dict[str, Any]) -> str | None:
@@ -236,6 +256,16 @@ def _notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
     if prof.skipped_steps:
         notes.append(
             f"a GradScaler skipped {prof.skipped_steps} optimizer steps (inf/nan gradients)"
+        )
+    if run.device is not None and run.device.error:
+        notes.append(
+            f"device timing failed ({run.device.error}): phases are host times, which "
+            "charge asynchronous GPU work to the call that waits for it"
+        )
+    elif prof.gpu is not None:
+        notes.append(
+            "GPU phases from CUDA events at every phase boundary: device work is credited "
+            "to the phase that launched it, idle time to what the host was doing"
         )
     if probes.loader_name is not None and not probes.named_loader_seen:
         notes.append(f"--loader {probes.loader_name}: no loader of that name was iterated")

@@ -37,9 +37,7 @@ def substitution(original: Any, changes: dict[str, Any]) -> tuple[Callable[[Any]
     return substitute, rebuilt
 
 
-def autocast_factory(
-    want: str, have: str, device: str, notes: list[str]
-) -> Callable[[], Any] | None:
+def autocast_factory(want: str, have: str, device: str) -> Callable[[], Any] | None:
     """An autocast context for root forwards, or None when nothing changes."""
     if want == have:
         return None
@@ -47,11 +45,19 @@ def autocast_factory(
         return lambda: torch.autocast(device, enabled=False)
     dtype = torch.bfloat16 if want == "bf16" else torch.float16
     check_precision(device, dtype, want)
-    if want == "fp16" and device == "cuda":
-        notes.append(
-            "fp16 without the cell's own GradScaler: losses may underflow, the timing holds"
-        )
     return lambda: torch.autocast(device, dtype=dtype)
+
+
+def scaler_note(precision: str | None, device: str, scaler: bool | None) -> str | None:
+    """What an fp16 run on CUDA did about gradient scaling. ``scaler``: the
+    cell's GradScaler stepped enabled (True), disabled (False), none stepped
+    (None). A what-if never adds one: it times the cell as written."""
+    if precision != "fp16" or not device.startswith("cuda"):
+        return None
+    if scaler:
+        return "fp16 with the cell's own GradScaler"
+    which = "the cell's GradScaler disabled" if scaler is False else "no GradScaler in the cell"
+    return f"fp16 with {which}: losses may underflow or overflow, the timing holds"
 
 
 def check_precision(device: str, dtype: torch.dtype, name: str) -> None:

@@ -10,7 +10,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from epochmagic import changes, charts, htmlreport, whatif
-from epochmagic.textreport import header, verdict
+from epochmagic.textreport import gpu_summary, header, verdict
 
 if TYPE_CHECKING:
     from epochmagic.profile import EpochProfile
@@ -49,9 +49,11 @@ class Dashboard:
         self.results: list[EpochProfile] = []
         self.labels: list[str] = []
         self.out = w.Output(layout={"max_height": "240px", "overflow": "auto"})
+        gpu = gpu_summary(prof)
         head = w.HTML(
             f"<b>{html.escape(header(prof))}</b><br><span style='font-size:15px'>"
             f"{html.escape(verdict(prof))}</span>"
+            + (f"<br><span style='color:#555'>{html.escape(gpu)}</span>" if gpu else "")
         )
         self.tabs = w.Tab(
             children=[

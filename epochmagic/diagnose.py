@@ -13,6 +13,7 @@ import math
 import statistics
 from typing import Any
 
+from epochmagic import gpufindings
 from epochmagic.profile import EpochProfile, Finding
 from epochmagic.timeline import warmup_count
 
@@ -51,6 +52,7 @@ THRESHOLDS: dict[str, tuple[float, str]] = {
         "(a 512-wide MLP step, ~0.2 GFLOP, ran 1.7x faster in bf16 here)",
     ),
     "imbalance_ratio": (10.0, "most / least frequent label"),
+    **gpufindings.THRESHOLDS,
 }
 
 
@@ -426,26 +428,26 @@ def precision(prof: EpochProfile) -> Finding | None:
         return None
     share = (prof.phases["forward"] + prof.phases["backward"]) / _epoch(prof)
     device = str(prof.config.get("device", "cpu"))
-    fast = prof.evidence.get("cpu_bf16") if device == "cpu" else device.startswith("cuda")
     flops = prof.evidence.get("flops_per_step")
-    if not fast or share < t("precision_compute") or (flops and flops < t("precision_flops")):
+    if share < t("precision_compute") or (flops and flops < t("precision_flops")):
         return None
-    where = (
-        "this CPU has bfloat16 instructions (avx512_bf16/AMX)"
-        if device == "cpu"
-        else "the GPU's tensor cores run bf16/fp16"
-    )
-    return Finding(
-        "precision",
-        "fp32 compute where bf16 is faster",
-        f"{where}; on the CPU this was written on, bf16 autocast ran a 512-wide MLP step 1.7x "
-        "faster than fp32 (fp16 11x slower). bf16 keeps fp32's range (no GradScaler; fp16 "
-        "needs one) and learning-rate schedules carry over; check the loss still converges.",
-        share,
-        {"precision": "bf16"},
-        f"with torch.autocast('{device.split(':')[0]}', dtype=torch.bfloat16):\n"
-        "    loss = loss_fn(model(xb), yb)",
-    )
+    if device == "cpu":
+        if not prof.evidence.get("cpu_bf16"):
+            return None
+        return Finding(
+            "precision",
+            "fp32 compute where bf16 is faster",
+            "this CPU has bfloat16 instructions (avx512_bf16/AMX); on the CPU this was written "
+            "on, bf16 autocast ran a 512-wide MLP step 1.7x faster than fp32 (fp16 11x slower). "
+            "bf16 keeps fp32's range (no GradScaler; fp16 needs one) and learning-rate "
+            "schedules carry over; check the loss still converges.",
+            share,
+            {"precision": "bf16"},
+            "with torch.autocast('cpu', dtype=torch.bfloat16):\n    loss = loss_fn(model(xb), yb)",
+        )
+    if device.startswith("cuda"):
+        return gpufindings.precision_on_gpu(prof, share)
+    return None
 
 
 def model_compute(prof: EpochProfile) -> Finding | None:
@@ -458,7 +460,13 @@ def model_compute(prof: EpochProfile) -> Finding | None:
     if flops:
         compute_s = (_in_steps(prof, "forward") + _in_steps(prof, "backward")) / prof.steps
         bits.append(f"~{_flop(flops)} per step (forward x 3)")
-        if compute_s > 0:
+        gpu = prof.gpu or {}
+        if gpu.get("mfu") is not None:
+            bits.append(
+                f"model FLOP utilisation {gpu['mfu']:.1%}: {_flop(gpu['achieved_flops'])}/s over "
+                f"the steps against {_flop(gpu['peak_flops'])}/s ({gpu['peak_source']})"
+            )
+        elif compute_s > 0:
             achieved = flops / compute_s
             bits.append(f"{_flop(achieved)}/s achieved in forward+backward")
             peak = ev.get("peak_flops")
@@ -532,6 +540,7 @@ RULES = [
     eval_heavy,
     warmup,
     hardware,
+    *gpufindings.RULES,
     precision,
     model_compute,
     imbalance,

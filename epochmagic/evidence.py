@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from epochmagic import environment as envmod
 from epochmagic import loaders
 
 TOP_LAYERS = 5
@@ -38,15 +39,17 @@ def collect(run: Any, loader: Any, data_share: float) -> dict[str, Any]:
         "cpu_bf16": _cpu_has_bf16(),
         "cuda_available": torch.cuda.is_available(),
         "flops_per_step": _flops(probes.first_call),
+        "flops_batch": _batch_of(probes.first_call),
+        "grad_scaler": (any(probes.scalers.values()) if probes.scalers else None),
         "peak_flops": None,
         "transform": type(getattr(getattr(loader, "dataset", None), "transform", None)).__name__
         if getattr(getattr(loader, "dataset", None), "transform", None) is not None
         else None,
     }
-    if probes.module_times:
-        ev["module_forward_s"] = _module_times(probes.module_times, roots)
+    if probes.module_spans:
+        ev["module_forward_s"] = _module_times(probes, roots)
         ev["module_backward_s"] = _backward_times(probes, roots)
-    if ev["flops_per_step"]:
+    if ev["flops_per_step"] and envmod.model_device(roots) == "cpu":  # GPUs: gpu.utilisation
         state = torch.get_rng_state()
         ev["peak_flops"] = peak_flops()
         torch.set_rng_state(state)
@@ -114,14 +117,19 @@ def _layer_names(roots: list[Any]) -> dict[int, str]:
     }
 
 
-def _module_times(times: dict[int, list[Any]], roots: list[Any]) -> list[tuple[str, float, int]]:
+def _module_times(probes: Any, roots: list[Any]) -> list[tuple[str, float, int]]:
     """Leaf layers by forward time (inclusive times of containers would
     double-count their children)."""
     names = _layer_names(roots)
+    totals: dict[int, list[float]] = {}
+    for t0, t1, key in probes.module_spans:
+        acc = totals.setdefault(key, [0.0, 0])
+        acc[0] += t1 - t0
+        acc[1] += 1
     rows = [
-        (names.get(key, type(m).__name__), float(sec), int(calls))
-        for key, (m, sec, calls) in times.items()
-        if not any(True for _ in m.children())
+        (names.get(key, type(m).__name__), float(totals[key][0]), int(totals[key][1]))
+        for key, m in probes.module_objects.items()
+        if key in totals and not any(True for _ in m.children())
     ]
     return sorted(rows, key=lambda r: -r[1])[:10]
 
@@ -199,6 +207,7 @@ def _flops(first_call: Any) -> float | None:
     from torch.utils.flop_counter import FlopCounterMode
 
     state = (random.getstate(), torch.get_rng_state())
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     flags = [(m, m.training) for m in module.modules()]
     try:
         fake_args = [_fake(a) for a in args]
@@ -214,6 +223,18 @@ def _flops(first_call: Any) -> float | None:
             m.training = training
         random.setstate(state[0])
         torch.set_rng_state(state[1])
+        if cuda_state is not None:  # random inputs on the GPU advance its generator
+            torch.cuda.set_rng_state_all(cuda_state)
+
+
+def _batch_of(first_call: Any) -> int | None:
+    """The leading dimension of the first training forward's first tensor."""
+    if first_call is None:
+        return None
+    for spec in (*first_call[1], *first_call[2]):
+        if isinstance(spec, tuple) and len(spec) == 3 and isinstance(spec[1], torch.dtype):
+            return int(spec[0][0]) if spec[0] else None
+    return None
 
 
 def _fake(spec: Any) -> Any:

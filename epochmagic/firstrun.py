@@ -57,9 +57,7 @@ class FirstRun:
         if precision is not None:
             device = envmod.model_device([v for v in ns.values() if isinstance(v, torch.nn.Module)])
             try:
-                plan.autocast = autocast_factory(
-                    precision, "fp32", device.split(":")[0], plan.notes
-                )
+                plan.autocast = autocast_factory(precision, "fp32", device.split(":")[0])
             except Unsupported as e:
                 raise UsageError(f"--precision {precision}: {e}") from None
             plan.notes.append(f"measured with autocast({precision}) around the model's forward")

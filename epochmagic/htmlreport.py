@@ -8,7 +8,7 @@ import html
 from typing import TYPE_CHECKING
 
 from epochmagic import charts
-from epochmagic.textreport import PHASE_ORDER, header, verdict
+from epochmagic.textreport import PHASE_ORDER, gpu_summary, header, verdict
 
 if TYPE_CHECKING:
     from epochmagic.profile import EpochProfile
@@ -30,16 +30,21 @@ def png_tag(png: bytes, alt: str) -> str:
 
 def phase_table(prof: EpochProfile) -> str:
     total = prof.wall_s or 1.0
+    busy = (prof.gpu or {}).get("device_s_by_phase")
     rows = []
     for name in PHASE_ORDER:
         v = prof.phases.get(name, 0.0)
         in_steps = sum(sp.get(name, 0.0) for sp in prof.step_phases)
         per = f"{in_steps / prof.steps * 1000:.2f}" if prof.steps else "-"
+        gpu = f"<td>{busy.get(name, 0.0):.3f}</td>" if busy else ""
         rows.append(
-            f"<tr><td>{name}</td><td>{v:.3f}</td><td>{v / total:.1%}</td><td>{per}</td></tr>"
+            f"<tr><td>{name}</td><td>{v:.3f}</td><td>{v / total:.1%}</td><td>{per}</td>{gpu}</tr>"
         )
+    gpu_head = "<th>GPU busy s</th>" if busy else ""
     return (
-        "<table><tr><th>phase</th><th>seconds</th><th>%</th><th>ms/step</th></tr>"
+        "<table><tr><th>phase</th><th>seconds</th><th>%</th><th>ms/step</th>"
+        + gpu_head
+        + "</tr>"
         + "".join(rows)
         + f"<tr><th>total</th><th>{prof.wall_s:.3f}</th><th>100%</th><th></th></tr></table>"
     )
@@ -89,6 +94,9 @@ def report(prof: EpochProfile, with_charts: bool = True) -> str:
     if with_charts and prof.steps:
         parts.append(png_tag(charts.breakdown(prof), "phase breakdown"))
     parts.append(phase_table(prof))
+    gpu = gpu_summary(prof)
+    if gpu:
+        parts.append(f"<div>{html.escape(gpu)}</div>")
     if with_charts and prof.steps > 1:
         parts.append(png_tag(charts.timeline(prof), "per-step timeline"))
     parts += ["<h4>Diagnosis</h4>", findings_html(prof), "<h4>Hot lines</h4>", lines_html(prof)]

@@ -17,8 +17,9 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from epochmagic import evidence
+from epochmagic import evidence, gpu
 from epochmagic.assemble import build_profile
+from epochmagic.changes import scaler_note
 from epochmagic.diagnose import diagnose
 from epochmagic.firstrun import FirstRun
 from epochmagic.profile import EpochProfile
@@ -213,6 +214,10 @@ def profile_source(
             run.timeline.training_pass.loader if run.timeline.training_pass else None
         )
         prof.evidence = evidence.collect(run, loader, prof.phases["data"] / (prof.wall_s or 1))
+        gpu.utilisation(prof.gpu, prof)
+        note = scaler_note(precision, str(prof.config.get("device")), prof.evidence["grad_scaler"])
+        if note:
+            prof.notes.append(note)
     pending: BaseException | None = run.exc
     if lines and run.status == "ok" and prof.steps:
         from epochmagic.lines import attribute_lines

@@ -36,10 +36,12 @@ from torch.utils.data import DataLoader
 from torch.utils.data import dataloader as dl_mod
 
 from epochmagic import recorder as r
+from epochmagic.cudaclock import DeviceClock
 from epochmagic.recorder import MemoryReader, Pass, Recorder
 
 DEFAULT_NO_LOADER_SECONDS = 60.0
 MEMORY_EVERY_S = 0.01
+DEVICE_MEMORY_EVERY_S = 0.05  # torch.cuda.memory_stats() costs ~0.1 ms
 
 
 class StopCell(BaseException):
@@ -136,8 +138,10 @@ class Probes:
         autocast: Callable[[], Any] | None = None,
         on_step: Callable[[int], None] | None = None,
         time_modules: bool = False,
+        device: DeviceClock | None = None,
     ) -> None:
         self.rec = rec
+        self.device = device  # CUDA markers and sync detection, None on the CPU
         self.max_steps = max_steps
         self.max_seconds = max_seconds
         self.loader_name = loader_name
@@ -151,7 +155,8 @@ class Probes:
         self.autocast = autocast
         self.on_step = on_step
         self.time_modules = time_modules
-        self.module_times: dict[int, list[Any]] = {}  # id -> [module, seconds, calls]
+        self.module_spans: list[tuple[float, float, int]] = []  # (enter, exit, module id)
+        self.module_objects: dict[int, Any] = {}
         self.grad_marks: list[tuple[float, int]] = []  # (time, module id) as gradients arrive
         # live state
         self.passes: dict[int, Pass] = {}
@@ -166,6 +171,10 @@ class Probes:
         self.stopped: StopCell | None = None
         self.stop_time: float | None = None
         self.scaler_skips = 0
+        self.scalers: dict[int, bool] = {}  # GradScalers that stepped -> enabled
+        # host-to-device copies: [count, bytes, pinned bytes, non_blocking bytes]
+        self.transfers = [0, 0, 0, 0]
+        self._in_transfer = False
         self.precision: str | None = None
         # the first training forward: its module and its inputs' shapes, so the
         # model's FLOPs can be counted later on inputs of the same shape
@@ -225,6 +234,8 @@ class Probes:
         self._install_optimizer()
         if self.watch_transfers:
             self._install_transfer()
+        if self.device is not None:
+            self._install_sync_watch(self.device)
         for value in list(self.user_ns.values()):
             if isinstance(value, torch.nn.Module):
                 self._adopt_root_class(type(value))
@@ -247,13 +258,9 @@ class Probes:
         def post(module: Any, args: Any, output: Any) -> None:
             if threading.get_ident() != probes._main or not stack:
                 return
-            spent = clock() - stack.pop()
-            entry = probes.module_times.get(id(module))
-            if entry is None:
-                probes.module_times[id(module)] = [module, spent, 1]
-            else:
-                entry[1] += spent
-                entry[2] += 1
+            # raw clock times, not durations: on CUDA they move to device time
+            probes.module_spans.append((stack.pop(), clock(), id(module)))
+            probes.module_objects.setdefault(id(module), module)
             # backward: the moment the gradient reaches a leaf layer's output is
             # where its backward starts (a tensor hook: unlike module backward
             # hooks it does not wrap the output, so in-place ops stay legal)
@@ -389,9 +396,13 @@ class Probes:
         """Read RSS at a step boundary, at most every MEMORY_EVERY_S: at
         hundreds of steps per second a read per step would cost more than the
         rest of the probes."""
-        if now - self._last_memory >= MEMORY_EVERY_S:
+        if self.device is None:
+            if now - self._last_memory >= MEMORY_EVERY_S:
+                self._last_memory = now
+                self.rec.events.append((now, r.MEM, None, self._mem.rss()))
+        elif now - self._last_memory >= DEVICE_MEMORY_EVERY_S:
             self._last_memory = now
-            self.rec.events.append((now, r.MEM, None, self._mem.rss()))
+            self.rec.events.append((now, r.MEM, None, self.device.memory()[0]))
 
     def _enter_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         grad = torch.is_grad_enabled()
@@ -569,6 +580,7 @@ class Probes:
             if not probes.active:
                 return original_scaler_step(scaler, optimizer, *args, **kwargs)
             before = len(rec.events)
+            probes.scalers[id(scaler)] = bool(scaler.is_enabled())
             out = original_scaler_step(scaler, optimizer, *args, **kwargs)
             if scaler.is_enabled() and not any(e[1] == r.OPT_EXIT for e in rec.events[before:]):
                 probes.scaler_skips += 1
@@ -606,16 +618,50 @@ class Probes:
                 ):
                     return original(t, *args, **kwargs)
                 t0 = rec.clock()
-                out = original(t, *args, **kwargs)
+                probes._in_transfer = True
+                try:
+                    out = original(t, *args, **kwargs)
+                finally:
+                    probes._in_transfer = False
                 if isinstance(out, torch.Tensor) and out.device.type != "cpu":
                     rec.events.append((t0, r.XFER_ENTER, None, None))
                     rec.mark(r.XFER_EXIT)
+                    size = t.numel() * t.element_size()
+                    tally = probes.transfers
+                    tally[0] += 1
+                    tally[1] += size
+                    if t.is_pinned():
+                        tally[2] += size
+                    if non_blocking(args, kwargs):
+                        tally[3] += size
                 return out
 
             return move
 
         self._patch(torch.Tensor, "to", wrap(torch.Tensor.to))
         self._patch(torch.Tensor, "cuda", wrap(torch.Tensor.cuda))
+
+    def _install_sync_watch(self, device: DeviceClock) -> None:
+        """Synchronising calls, each as a SYNC event at the moment it returned
+        (a copy's wait is the transfer's, flagged). ``Tensor.item`` also reads
+        the clock as it starts, so the wait inside it is exact."""
+        probes = self
+        rec = self.rec
+
+        def on_sync(filename: str, lineno: int) -> None:
+            if probes.active:
+                rec.mark(r.SYNC, None, (filename, lineno, probes._in_transfer))
+
+        self._stack.enter_context(device.watch_syncs(on_sync))
+        original_item = torch.Tensor.item
+        on_device = device.tensor_on_device
+
+        def item(t: Any) -> Any:
+            if probes.active and on_device(t) and threading.get_ident() == probes._main:
+                rec.clock()
+            return original_item(t)
+
+        self._patch(torch.Tensor, "item", item)
 
     # -- stopping -----------------------------------------------------------
     def _check_limits(self, steps: int, now: float, default_seconds: float | None) -> None:
@@ -643,6 +689,15 @@ class Probes:
         from epochmagic.timeline import passes
 
         return iter(passes(self.rec.events))
+
+
+def non_blocking(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """The ``non_blocking`` flag of a ``Tensor.to(...)`` / ``.cuda(...)`` call:
+    a keyword, or the first positional bool (``to(device, dtype, True)``,
+    ``cuda(0, True)``)."""
+    if "non_blocking" in kwargs:
+        return bool(kwargs["non_blocking"])
+    return next((a for a in args if isinstance(a, bool)), False)
 
 
 def _steps_done(p: Pass) -> int:

@@ -24,6 +24,7 @@ ZERO_ENTER, ZERO_EXIT = 12, 13  # Optimizer.zero_grad
 XFER_ENTER, XFER_EXIT = 14, 15  # a host-to-device Tensor.to / .cuda
 MEM = 16  # a memory sample (bytes)
 SCALER_SKIP = 17  # GradScaler.step skipped the optimizer (inf/nan gradients)
+SYNC = 18  # a call that waited for the device returned: (filename, lineno, in a copy)
 
 PHASE_OF_ENTER = {
     ITER_ENTER: "data",

@@ -18,6 +18,10 @@ from typing import Any
 import torch
 from IPython.core.error import UsageError
 
+from epochmagic import cudaclock
+from epochmagic import recorder as r
+from epochmagic.cudaclock import DeviceClock
+from epochmagic.devicetime import DeviceTime
 from epochmagic.probes import Probes, StopCell
 from epochmagic.recorder import Recorder
 from epochmagic.timeline import Timeline, analyse
@@ -44,6 +48,7 @@ class RunResult:
     output: str | None = None
     iterators: list[Any] = field(default_factory=list)
     cpu_s: float = 0.0  # process CPU time during the run
+    device: DeviceClock | None = None  # the CUDA clock the run was timed with
 
 
 def compile_cell(shell: Any, source: str, magic_line: str | None = None) -> Cell:
@@ -104,7 +109,8 @@ def run_cell(
 ) -> RunResult:
     """Execute the cell once under the probes; never lets a probe outlive it."""
     __tracebackhide__ = True  # noqa: F841  (IPython hides this frame in tracebacks)
-    rec = Recorder()
+    clock = cudaclock.make_clock()
+    rec = Recorder(clock=clock.now) if clock is not None else Recorder()
     probes = Probes(
         rec,
         max_steps=max_steps,
@@ -115,15 +121,17 @@ def run_cell(
         autocast=autocast,
         on_step=on_step,
         time_modules=time_modules,
+        device=clock,
     )
     status, reason = "ok", "end"
     exc: BaseException | None = None
     output = None
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    if clock is not None and clock.name == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # the run's own peak
     with _captured() if capture else contextlib.nullcontext() as cap:
         with probes:
+            if clock is not None:
+                clock.begin()
             rec.begin()
             try:
                 if tracer is not None:
@@ -144,6 +152,7 @@ def run_cell(
                     status = "oom"
             finally:
                 rec.finish()
+                device_time = clock.finish() if clock is not None else None
             iterators = [p.iterator for p in probes.passes.values() if p.iterator is not None]
     if reason == "end" and probes.stopped is not None:
         # code the cell called caught StopCell and returned normally (Ignite's
@@ -152,18 +161,43 @@ def run_cell(
     if cap is not None:
         output = cap.stdout + cap.stderr
     end = probes.stop_time if probes.stop_time is not None else rec.end
+    if device_time is not None:
+        end = to_device_time(rec, probes, device_time, end)
     timeline = analyse(
         rec.events,
         rec.start,
         end,
         trained_param_ids=probes.trained_param_ids(),
         clock_opt=probes.clock_opt,
+        busy=device_time.busy if device_time is not None else None,
     )
     if exc is not None:
         exc = _from_cell(exc, cell.filename)
     return RunResult(
-        status, reason, exc, timeline, probes, output, iterators, rec.cpu_end - rec.cpu_start
+        status,
+        reason,
+        exc,
+        timeline,
+        probes,
+        output,
+        iterators,
+        rec.cpu_end - rec.cpu_start,
+        clock,
     )
+
+
+def to_device_time(rec: Recorder, probes: Probes, dt: DeviceTime, end: float) -> float:
+    """Move everything the probes timed onto the device timeline (in place);
+    returns the run's end there. A sync's event also gets the host's wait in it."""
+    at = dt.at
+    rec.events[:] = [
+        (at(t), kind, obj, (*info, dt.wait_before(t)) if kind == r.SYNC else info)
+        for t, kind, obj, info in rec.events
+    ]
+    rec.start = at(rec.start)
+    probes.grad_marks[:] = [(at(t), k) for t, k in probes.grad_marks]
+    probes.module_spans[:] = [(at(a), at(b), k) for a, b, k in probes.module_spans]
+    return at(end)
 
 
 @contextlib.contextmanager

@@ -72,14 +72,44 @@ def header(prof: EpochProfile) -> str:
     )
 
 
+def gpu_summary(prof: EpochProfile) -> str | None:
+    """One line on what the GPU did; None on the CPU."""
+    g = prof.gpu
+    if not g:
+        return None
+    bits = [f"GPU {g.get('name') or '?'} ({g.get('timing', 'device events')})"]
+    if g.get("idle_share") is not None:
+        bits.append(f"idle {g['idle_share']:.0%} of the epoch")
+    if g.get("host_wait_share") is not None:
+        bits.append(f"host waited on it {g['host_wait_share']:.0%}")
+    bits.append(f"{g.get('syncs_per_step', 0):.1f} syncs/step")
+    mem = prof.memory or {}
+    if mem.get("kind") == "cuda":
+        bits.append(
+            f"peak {mem['peak_bytes'] / 2**30:.2f} GiB allocated, "
+            f"{mem.get('peak_reserved_bytes', 0) / 2**30:.2f} GiB reserved"
+            + (f" of {mem['total_bytes'] / 2**30:.0f} GiB" if mem.get("total_bytes") else "")
+        )
+    tf32 = g.get("tf32") or {}
+    if tf32:
+        bits.append(f"TF32 matmul {'on' if tf32.get('matmul') else 'off'}")
+    if g.get("mfu") is not None:
+        bits.append(f"MFU {g['mfu']:.0%} of {g['peak_flops'] / 1e12:,.0f} TFLOP/s")
+    return " | ".join(bits)
+
+
 def phase_table(prof: EpochProfile) -> list[str]:
     total = prof.wall_s or 1.0
-    rows = [f"  {'phase':<10}{'seconds':>10}{'%':>8}{'ms/step':>10}"]
+    busy = (prof.gpu or {}).get("device_s_by_phase")
+    rows = [
+        f"  {'phase':<10}{'seconds':>10}{'%':>8}{'ms/step':>10}" + ("  GPU busy s" if busy else "")
+    ]
     for name in PHASE_ORDER:
         v = prof.phases.get(name, 0.0)
         in_steps = sum(sp.get(name, 0.0) for sp in prof.step_phases)
         per = f"{in_steps / prof.steps * 1000:10.2f}" if prof.steps else f"{'-':>10}"
-        rows.append(f"  {name:<10}{v:>10.3f}{v / total * 100:>7.1f}%{per}")
+        gpu = f"{busy.get(name, 0.0):12.3f}" if busy else ""
+        rows.append(f"  {name:<10}{v:>10.3f}{v / total * 100:>7.1f}%{per}{gpu}")
     rows.append(f"  {'total':<10}{prof.wall_s:>10.3f}{100.0:>7.1f}%")
     if prof.steps:
         rows.append(
@@ -133,6 +163,9 @@ def render(prof: EpochProfile) -> str:
     lines = [header(prof), f"verdict: {verdict(prof)}", ""]
     if prof.steps or prof.wall_s:
         lines += phase_table(prof)
+    gpu = gpu_summary(prof)
+    if gpu:
+        lines += [gpu]
     hot = line_rows(prof)
     if hot:
         lines += [""] + hot

@@ -34,6 +34,12 @@ class Timeline:
     training_pass: Pass | None
     eval_spans: list[tuple[float, float]] = field(default_factory=list)
     labels: list[Any] = field(default_factory=list)
+    # on a device clock: seconds the device had work queued, by the phase that
+    # launched it (None on the CPU), and the synchronising calls
+    # (time, filename, lineno, in a copy, seconds the host waited)
+    device_phases: dict[str, float] | None = None
+    device_step_s: list[float] = field(default_factory=list)  # busy seconds per step
+    syncs: list[tuple[float, str, int, bool, float]] = field(default_factory=list)
 
     @property
     def step_times(self) -> list[float]:
@@ -51,8 +57,13 @@ def analyse(
     *,
     trained_param_ids: set[int] | None = None,
     clock_opt: Any = None,
+    busy: list[tuple[float, float]] | None = None,
 ) -> Timeline:
-    """Work out steps, evaluation spans and per-phase time from the events."""
+    """Work out steps, evaluation spans and per-phase time from the events.
+
+    ``busy``: where the device had work queued, when the events are already
+    on the device timeline (:mod:`epochmagic.devicetime`).
+    """
     events = [e for e in events if start <= e[0] <= end]
     trained_param_ids = trained_param_ids or set()
     trained_roots = _trained_roots(events, trained_param_ids)
@@ -70,7 +81,7 @@ def analyse(
         clock, bounds, samples, tokens = _update_steps(events, clock_opt, trained_roots)
         labels = []
     spans = _eval_spans(events, all_passes, training_keys, trained_roots, end)
-    phases, step_phases = _sweep(events, start, end, bounds, spans)
+    phases, step_phases, device = _sweep(events, start, end, bounds, spans, busy)
     mem = [(e[0], int(e[3])) for e in events if e[1] == r.MEM]
     return Timeline(
         start=start,
@@ -86,6 +97,9 @@ def analyse(
         training_pass=train_pass,
         eval_spans=spans,
         labels=labels,
+        device_phases=device[0] if device is not None else None,
+        device_step_s=device[1] if device is not None else [],
+        syncs=[(e[0], *e[3]) for e in events if e[1] == r.SYNC],
     )
 
 
@@ -361,9 +375,17 @@ def _sweep(
     end: float,
     bounds: list[tuple[float, float]],
     spans: list[tuple[float, float]],
-) -> tuple[dict[str, float], list[dict[str, float]]]:
+    busy: list[tuple[float, float]] | None = None,
+) -> tuple[
+    dict[str, float],
+    list[dict[str, float]],
+    tuple[dict[str, float], list[float]] | None,
+]:
     """Credit every instant to one phase: the innermost open one inside a step,
-    ``eval`` inside an evaluation span, ``other`` elsewhere."""
+    ``eval`` inside an evaluation span, ``other`` elsewhere. With ``busy``,
+    also the device's busy seconds by phase and per step."""
+    on_device = busy is not None
+    busy = busy or []
     cuts = sorted(
         {
             start,
@@ -371,15 +393,19 @@ def _sweep(
             *(e[0] for e in events),
             *(t for b in bounds for t in b),
             *(t for s in spans for t in s),
+            *(t for s in busy for t in s),
         }
     )
     cuts = [c for c in cuts if start <= c <= end]
     totals = dict.fromkeys(PHASES, 0.0)
     per_step = [dict.fromkeys(PHASES, 0.0) for _ in bounds]
+    device = dict.fromkeys(PHASES, 0.0)
+    device_steps = [0.0] * len(bounds)
     stack: list[int] = []
     ei = 0
     si = 0
     vi = 0
+    bi = 0
     n = len(events)
     for a, b in zip(cuts, cuts[1:]):
         while ei < n and events[ei][0] <= a:
@@ -401,9 +427,15 @@ def _sweep(
         totals[phase] += d
         if in_step:
             per_step[si][phase] += d
+        while bi < len(busy) and busy[bi][1] <= a:
+            bi += 1
+        if bi < len(busy) and busy[bi][0] <= a:
+            device[phase] += d
+            if in_step:
+                device_steps[si] += d
     totals = _exact(totals, end - start)
     per_step = [_exact(p, b1 - b0) for p, (b0, b1) in zip(per_step, bounds)]
-    return totals, per_step
+    return totals, per_step, ((device, device_steps) if on_device else None)
 
 
 def _apply(stack: list[int], kind: int) -> None:

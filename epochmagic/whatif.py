@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from epochmagic import changes, loaders, predict
+from epochmagic import changes, gpu, loaders, predict
 from epochmagic import environment as envmod
 from epochmagic.assemble import build_profile
 from epochmagic.changes import PRECISIONS
@@ -180,6 +180,11 @@ def _plan(base: EpochProfile, ctx: RunContext, s: dict[str, Any]) -> _Plan:
     rebuilt: list[Any] = []
     substitute: Callable[[Any], Any] | None = None
     steps_per_epoch = base.steps_per_epoch
+    if loader_changes.get("pin_memory") and str(base.config.get("device", "cpu")) == "cpu":
+        raise Unsupported(
+            "pin_memory=True: the model is on the CPU, so no batch is copied to a device "
+            "(pinned memory only speeds up host-to-GPU copies)"
+        )
     if loader_changes:
         if ctx.train_loader is None or base.step_clock != "loader":
             raise Unsupported(
@@ -199,9 +204,13 @@ def _plan(base: EpochProfile, ctx: RunContext, s: dict[str, Any]) -> _Plan:
 
 def _autocast(base: EpochProfile, s: dict[str, Any], notes: list[str]) -> Callable[[], Any] | None:
     device = str(base.config.get("device") or "cpu").split(":")[0]
-    return changes.autocast_factory(
-        s["precision"], base.config.get("precision") or "fp32", device, notes
+    factory = changes.autocast_factory(
+        s["precision"], base.config.get("precision") or "fp32", device
     )
+    note = changes.scaler_note(s["precision"], device, base.evidence.get("grad_scaler"))
+    if factory is not None and note:
+        notes.append(note)
+    return factory
 
 
 def _check_memory(base: EpochProfile, s: dict[str, Any]) -> None:
@@ -301,6 +310,7 @@ def _run(
             for o in base.evidence.get("optimizers", [])
         ],
     }
+    gpu.utilisation(prof.gpu, prof)
     prof.findings = diagnose(prof)
     prof._context = ctx  # type: ignore[attr-defined]
     return prof

@@ -24,6 +24,7 @@ PATCHED = [
     (torch.Tensor, "backward"),
     (torch.Tensor, "to"),
     (torch.Tensor, "cuda"),
+    (torch.Tensor, "item"),  # marks the start of a sync on CUDA
     (torch.autograd, "backward"),
     (torch.autograd, "grad"),
     (torch.optim.Optimizer, "zero_grad"),
@@ -67,8 +68,12 @@ def instrumentation_state() -> dict[str, Any]:
             if getattr(vars(c).get("__call__"), "__module__", "").startswith("epochmagic")
         ),
         "trace": sys.gettrace(),
+        "showwarning": warnings.showwarning,  # syncs are found through torch's warnings
         "our_warning_filters": [
-            f for f in warnings.filters if f[1] is not None and "torch.compile" in f[1].pattern
+            f
+            for f in warnings.filters
+            if f[1] is not None
+            and ("torch.compile" in f[1].pattern or "synchronizing CUDA" in f[1].pattern)
         ],
     }
 

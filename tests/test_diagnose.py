@@ -221,3 +221,129 @@ def test_model_compute_needs_a_model():
         if f.code == "model_compute"
     )
     assert "1,234 parameters" in f.detail and "GFLOP" in f.detail and "matmul" in f.detail
+
+
+# -- findings that need the GPU (issue 6) ---------------------------------------------
+def on_gpu(prof: EpochProfile, **gpu) -> EpochProfile:
+    """``prof`` as if timed with CUDA events on a GPU (the fields gpu.fields makes)."""
+    busy = {k: v * 0.9 for k, v in prof.phases.items() if k != "data"}
+    prof.config["device"] = "cuda:0"
+    prof.step_clock = "loader"
+    prof.gpu = {
+        "name": "NVIDIA H100 80GB HBM3",
+        "capability": "9.0",
+        "bf16": True,
+        "tf32": {"matmul": False, "cudnn": True},
+        "idle_share": 0.1,
+        "idle_in_steps_share": 0.1,
+        "host_wait_share": 0.0,
+        "device_s_by_phase": busy,
+        "idle_s_by_phase": {k: v - busy.get(k, 0.0) for k, v in prof.phases.items()},
+        "syncs_per_step": 0.0,
+        "blocking_copies_per_step": 0.0,
+        "sync_sites": [],
+        "transfer": {
+            "copies": 80,
+            "bytes": 40 * 2**24,
+            "pinned_share": 0.0,
+            "non_blocking_share": 0.0,
+        },
+        "mfu": None,
+        **gpu,
+    }
+    return prof
+
+
+def test_transfer_fires_on_slow_pageable_copies_only():
+    prof = on_gpu(make({"transfer": 0.002}))
+    f = next(f for f in diagnose(prof) if f.code == "transfer")
+    assert f.suggestion == {"pin_memory": True}
+    assert "pin_memory=True" in f.fix and "non_blocking=True" in f.fix
+    assert "16.0 MiB per step" in f.detail and "0% from pinned memory" in f.detail
+    assert f.share == pytest.approx(prof.phases["transfer"] / prof.wall_s)
+    assert "transfer" not in codes(on_gpu(make({"transfer": 0.0001})))
+    pinned = on_gpu(
+        make({"transfer": 0.002}),
+        transfer={"bytes": 1, "pinned_share": 1.0, "non_blocking_share": 1.0},
+    )
+    pinned.config["pin_memory"] = True
+    f = next(f for f in diagnose(pinned) if f.code == "transfer")
+    assert f.suggestion == {} and "copy less" in f.fix
+
+
+def test_sync_points_fire_when_the_syncs_starve_the_gpu():
+    site = {
+        "filename": "Cell In[3]",
+        "lineno": 5,
+        "source": "print(loss.item())",
+        "count": 40,
+        "wait_s": 0.1,
+    }
+    starved = on_gpu(
+        make(),
+        syncs_per_step=1.0,
+        idle_in_steps_share=0.3,
+        sync_sites=[site],
+        idle_s_by_phase={"other": 0.12, "data": 0.0},
+    )
+    f = next(f for f in diagnose(starved) if f.code == "sync_points")
+    assert "print(loss.item())" in f.detail and "Cell In[3]:5" in f.detail
+    assert f.share == pytest.approx(0.12 / starved.wall_s)
+    busy = on_gpu(
+        make(), syncs_per_step=1.0, idle_in_steps_share=0.02, idle_s_by_phase={"other": 0.005}
+    )
+    assert "sync_points" not in codes(busy)  # the GPU stays fed: a sync costs little
+    rare = on_gpu(make(), syncs_per_step=0.01, idle_s_by_phase={"other": 0.12})
+    assert "sync_points" not in codes(rare)
+
+
+def test_gpu_idle_names_what_the_host_was_doing():
+    idle = on_gpu(
+        make(),
+        idle_in_steps_share=0.5,
+        idle_s_by_phase={"other": 0.1, "optimizer": 0.02, "data": 0.01},
+    )
+    f = next(f for f in diagnose(idle) if f.code == "gpu_idle")
+    assert "other 77%" in f.detail and f.suggestion == {"batch_size": 128}
+    assert "gpu_idle" not in codes(on_gpu(make(), idle_in_steps_share=0.1))
+
+
+def test_gpu_findings_stay_silent_without_device_timing():
+    cpu = make({"transfer": 0.002})
+    assert not {"transfer", "sync_points", "gpu_idle"} & set(codes(cpu))
+    failed = on_gpu(make({"transfer": 0.002}), device_s_by_phase=None, idle_in_steps_share=None)
+    assert not {"transfer", "sync_points", "gpu_idle"} & set(codes(failed))
+
+
+def test_precision_on_tensor_cores():
+    h100 = on_gpu(make())
+    f = next(f for f in diagnose(h100) if f.code == "precision")
+    assert f.suggestion == {"precision": "bf16"}
+    assert "989.4 TFLOP/s in bf16 against 67 in fp32" in f.detail and "TF32 is off" in f.detail
+    assert "set_float32_matmul_precision('high')" in f.fix
+    t4 = on_gpu(make(), name="Tesla T4", capability="7.5", bf16=False)
+    f = next(f for f in diagnose(t4) if f.code == "precision")
+    assert f.suggestion == {"precision": "fp16"} and "GradScaler" in f.fix
+    assert "TF32" not in f.detail  # no TF32 before Ampere
+    assert "precision" not in codes(on_gpu(make(), name="Tesla P100", capability="6.0"))
+    bf16 = on_gpu(make(config={"precision": "bf16"}))
+    assert "precision" not in codes(bf16)
+
+
+def test_model_flop_utilisation_against_the_datasheet():
+    from epochmagic.gpu import peak_flops, utilisation
+
+    prof = on_gpu(make(evidence={"params": 10, "flops_per_step": 1e12, "flops_batch": 32}))
+    utilisation(prof.gpu, prof)  # batch 64 in the run: twice the FLOPs counted at 32
+    steps_s = sum(prof.step_times)
+    assert prof.gpu["flops_per_step"] == 2e12
+    assert prof.gpu["mfu"] == pytest.approx(2e12 * prof.steps / steps_s / 67e12)
+    assert "datasheet" in prof.gpu["peak_source"]
+    f = next(f for f in diagnose(prof) if f.code == "model_compute")
+    assert "model FLOP utilisation" in f.detail
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16", False)[0] == 989.4e12
+    assert peak_flops("NVIDIA H100 80GB HBM3", "fp32", True)[0] == 494.7e12
+    assert peak_flops("NVIDIA H100 PCIe", "fp32", False)[0] == 51e12
+    assert peak_flops("NVIDIA L40S", "bf16", False)[0] == 362e12
+    assert peak_flops("NVIDIA L4", "bf16", False)[0] == 121e12
+    assert peak_flops("Some Future GPU", "bf16", False) == (None, None)  # no CUDA to probe here

@@ -1,0 +1,125 @@
+"""Device time from markers: when each phase boundary's work finished on the GPU.
+
+CUDA runs asynchronously, so a host timer charges a forward's kernels to
+whatever call waits next (``.item()``, the next batch's ``.to()``). Instead,
+every time the probes read the clock a marker (a CUDA event) is recorded on the
+current stream. Marker ``k`` is recorded at host time ``h[k]`` and completes at
+device time ``d[k]``, once the stream has run everything launched before it.
+
+The attribution rule of design.md follows from one observation: between two
+consecutive completion times ``d[k]`` and ``d[k+1]`` the device is either running
+work launched between markers ``k`` and ``k+1``, or it is idle with nothing
+queued, which means the host has not reached ``h[k+1]`` yet. Either way the
+instant belongs to the phase the host was in after marker ``k``. So every event
+is simply moved from its host time to its completion time, and the usual
+innermost-phase sweep over the moved events credits device time to the phase
+that launched it and idle time to the host phase of that instant. The phases
+still tile the run exactly.
+
+On one in-order stream ``d`` is non-decreasing and ``d[k] >= h[k]``; both are
+enforced (work on other streams, clock jitter) by a running maximum.
+
+Pure functions of numbers: the CUDA side lives in :mod:`epochmagic.cudaclock`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+def completion_times(hosts: Sequence[float], done: Sequence[float | None]) -> list[float]:
+    """Completion times made consistent: never before the marker was recorded,
+    never before the previous marker completed. ``None`` (a marker that could
+    not be timed) completes when it was recorded."""
+    out: list[float] = []
+    last = float("-inf")
+    for h, d in zip(hosts, done):
+        last = max(last, h, d if d is not None else h)
+        out.append(last)
+    return out
+
+
+@dataclass
+class DeviceTime:
+    """Host times of the markers and the device times their work finished."""
+
+    hosts: list[float]
+    done: list[float]  # completion_times(), same length as hosts
+    busy: list[tuple[float, float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.hosts) != len(self.done):
+            raise ValueError("one completion time per marker")
+        self.busy = busy_intervals(self.hosts, self.done)
+
+    @classmethod
+    def from_markers(cls, hosts: Sequence[float], done: Sequence[float | None]) -> DeviceTime:
+        order = sorted(range(len(hosts)), key=hosts.__getitem__)
+        h = [hosts[i] for i in order]
+        return cls(h, completion_times(h, [done[i] for i in order]))
+
+    def at(self, t: float) -> float:
+        """Where host instant ``t`` falls on the device timeline.
+
+        A marker's own time maps to its completion. An instant between markers
+        ``k`` and ``k+1`` maps to ``t`` itself if the device had caught up by
+        then, else to ``d[k]``; never past ``d[k+1]``.
+        """
+        k = bisect.bisect_right(self.hosts, t) - 1
+        if k < 0:
+            return t
+        moved = max(t, self.done[k])
+        if k + 1 < len(self.done):
+            moved = min(moved, self.done[k + 1])
+        return moved
+
+    def busy_s(self, a: float, b: float) -> float:
+        """Seconds of [a, b] (device time) in which work was known to be queued."""
+        total = 0.0
+        i = bisect.bisect_right(self.busy, (a, float("inf"))) - 1
+        i = max(i, 0)
+        while i < len(self.busy) and self.busy[i][0] < b:
+            s, e = self.busy[i]
+            total += max(0.0, min(b, e) - max(a, s))
+            i += 1
+        return total
+
+    def wait_before(self, t: float) -> float:
+        """How long the host was blocked in a synchronising call that returned
+        at host time ``t`` (a marker's time).
+
+        The device was known busy from the previous marker until that marker's
+        work finished; the host left the call at ``t``. When the caller records
+        a marker right as the call starts (``Tensor.item``) this is exact;
+        otherwise host work between the previous marker and the call is
+        counted as waiting.
+        """
+        k = bisect.bisect_left(self.hosts, t)
+        if k <= 0:
+            return 0.0
+        prev = k - 1
+        return max(0.0, min(self.done[prev], t) - self.hosts[prev])
+
+
+def busy_intervals(hosts: Sequence[float], done: Sequence[float]) -> list[tuple[float, float]]:
+    """Where the stream had queued work, in device time: from each marker's
+    record (or the previous completion, if later) until it completed. Merged,
+    sorted.
+
+    This is a lower bound of the device's busy time: work launched and finished
+    between two markers while the device kept up is not seen (the device had
+    to wait on the host there anyway, so it is counted as idle).
+    """
+    out: list[tuple[float, float]] = []
+    prev_done = float("-inf")
+    for h, d in zip(hosts, done):
+        s = max(h, prev_done)
+        if d > s:
+            if out and out[-1][1] >= s:
+                out[-1] = (out[-1][0], max(out[-1][1], d))
+            else:
+                out.append((s, d))
+        prev_done = max(prev_done, d)
+    return out

@@ -1,0 +1,174 @@
+"""The magic on a simulated GPU: device-time phases, sync detection, GPU
+findings and what-ifs, through a real IPython shell.
+
+``make_clock`` is replaced by a ``SimClock`` over a real-time simulated
+stream (``tests.simdevice``): the cell's model queues "kernels" on it, and
+``dev.item(x)`` is a synchronising call. Everything else (probes, session
+re-timing, timeline, report, findings) is the code that runs on CUDA.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from epochmagic import cudaclock
+from tests.conftest import run
+from tests.simdevice import SimClock, SimStream
+from tests.test_cell_shapes import check_phases
+
+SETUP = """
+import time, torch, torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+class OnDevice(nn.Module):
+    '''A model whose forward queues `kernel_s` seconds of device work.'''
+    def __init__(self, kernel_s):
+        super().__init__()
+        self.lin = nn.Linear(16, 4)
+        self.kernel_s = kernel_s
+    def forward(self, x):
+        dev.stream.launch(self.kernel_s)
+        return self.lin(x)
+
+class Slow(Dataset):
+    def __init__(self, n, ms):
+        self.x, self.y, self.ms = torch.randn(n, 16), torch.randint(0, 4, (n,)), ms
+    def __len__(self):
+        return len(self.x)
+    def __getitem__(self, i):
+        time.sleep(self.ms / 1000)
+        return self.x[i], self.y[i]
+
+loss_fn = nn.CrossEntropyLoss()
+"""
+
+HEAVY = """
+model = OnDevice(0.02)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+train_loader = DataLoader(TensorDataset(torch.randn(128, 16), torch.randint(0, 4, (128,))),
+                          batch_size=8)
+"""
+
+LOOP = """%%epochprofile -o prof --text --no-lines
+for xb, yb in train_loader:
+    loss = loss_fn(model(xb), yb)
+    opt.zero_grad(); loss.backward(); opt.step()
+    seen = dev.item(loss)
+"""
+
+
+@pytest.fixture
+def dev(ip, monkeypatch):
+    clock = SimClock(SimStream(clock=time.perf_counter))
+    monkeypatch.setattr(cudaclock, "make_clock", lambda: clock)
+    ip.user_ns["dev"] = clock
+    run(ip, SETUP)
+    yield clock
+    assert not clock.watching, "the sync watch outlived the run"
+
+
+def test_gpu_heavy_forward_followed_by_a_sync_is_forward(ip, dev):
+    run(ip, HEAVY)
+    run(ip, LOOP)
+    prof = ip.user_ns["prof"]
+    check_phases(prof)
+    assert prof.steps == 16
+    steps = sum(prof.step_times)
+    forward = sum(sp["forward"] for sp in prof.step_phases)
+    other = sum(sp["other"] for sp in prof.step_phases)
+    # the design's rule: the 20 ms of device work is the forward's, although
+    # the host spent it waiting in dev.item() (host timing calls it `other`)
+    assert forward / steps >= 0.8
+    assert other / steps <= 0.10
+    gpu = prof.gpu
+    assert gpu["name"] == "Simulated GPU" and gpu["timing"] == "device events"
+    assert gpu["syncs_per_step"] == pytest.approx(1.0)
+    site = gpu["sync_sites"][0]
+    assert site["source"] == "seen = dev.item(loss)" and site["count"] == 16
+    assert gpu["host_wait_share"] > 0.5  # the host waited in each sync
+    assert gpu["idle_in_steps_share"] < 0.2
+    assert gpu["device_s_by_phase"]["forward"] > 0.8 * forward
+    assert set(gpu) >= {
+        "name",
+        "idle_share",
+        "host_wait_share",
+        "device_s_by_phase",
+        "tf32",
+        "free_bytes",
+        "flops_per_step",
+        "mfu",
+    }
+    codes = {f.code for f in prof.findings}
+    assert "sync_points" not in codes  # the GPU is never starved: the syncs cost little
+    assert "gpu_idle" not in codes
+    assert "python_overhead" not in codes
+    assert "GPU phases from CUDA events" in " ".join(prof.notes)
+    assert "GPU" in prof.text()
+
+
+def test_input_bound_loop_is_data_and_the_gpu_idles(ip, dev):
+    run(
+        ip,
+        """
+model = OnDevice(0.002)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+train_loader = DataLoader(Slow(96, 2.0), batch_size=8)
+""",
+    )
+    run(ip, LOOP)
+    prof = ip.user_ns["prof"]
+    check_phases(prof)
+    steps = sum(prof.step_times)
+    assert sum(sp["data"] for sp in prof.step_phases) / steps > 0.6
+    gpu = prof.gpu
+    assert gpu["idle_in_steps_share"] > 0.6
+    assert max(gpu["idle_s_by_phase"], key=gpu["idle_s_by_phase"].get) == "data"
+    codes = [f.code for f in prof.findings]
+    assert "gpu_idle" in codes and "data_loading" in codes
+    idle = next(f for f in prof.findings if f.code == "gpu_idle")
+    assert "data" in idle.detail and "data-loading" in idle.fix
+
+
+def test_syncs_that_starve_the_gpu_are_a_finding(ip, dev):
+    """Short kernels, three syncs and some Python per step: the queue drains
+    at every sync and the GPU waits for the host."""
+    run(ip, HEAVY.replace("OnDevice(0.02)", "OnDevice(0.001)"))
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines
+for xb, yb in train_loader:
+    loss = loss_fn(model(xb), yb)
+    opt.zero_grad(); loss.backward(); opt.step()
+    a = dev.item(loss)
+    b = dev.item(loss)
+    c = dev.item(loss)
+    dev.stream.host(0.002)
+""",
+    )
+    prof = ip.user_ns["prof"]
+    gpu = prof.gpu
+    assert gpu["syncs_per_step"] == pytest.approx(3.0)
+    assert [s["source"] for s in gpu["sync_sites"]] == [
+        "a = dev.item(loss)",
+        "b = dev.item(loss)",
+        "c = dev.item(loss)",
+    ]
+    sync = next(f for f in prof.findings if f.code == "sync_points")
+    assert "3.0 GPU synchronisations per step" in sync.title
+    assert "dev.item(loss)" in sync.detail and ".item()" in sync.fix
+    assert 0 < sync.share < 1
+
+
+def test_what_if_on_the_device_clock_restores_and_reports(ip, dev):
+    run(ip, HEAVY)
+    run(ip, LOOP)
+    prof = ip.user_ns["prof"]
+    dev.allocated = 123 * 2**20
+    result = prof.rerun(batch_size=16, steps=4)
+    assert result.status == "ok" and result.gpu is not None
+    assert result.steps == 4 and result.config["batch_size"] == 16
+    assert not dev.watching
+    unsupported = prof.rerun(pin_memory=True, steps=2)
+    assert unsupported.status == "unsupported" and "CPU" in unsupported.error
