@@ -90,19 +90,21 @@ class CudaClock:
         self._anchor: Any = None
         self._anchor_t = 0.0
         self.error: str | None = None
+        self._lock = threading.Lock()
 
     # -- the hot path ---------------------------------------------------------------
     def now(self) -> float:
         t = self.host()
         if self._anchor is None or self._capturing():
             return t  # not started, or inside CUDA graph capture: no events there
-        ev = self._pool.pop() if self._pool else self._event(enable_timing=True)
-        ev.record()
-        self._pending.append((len(self.hosts), ev))
-        self.hosts.append(t)
-        self.done.append(None)
-        if len(self._pending) > RESOLVE_BACKLOG:
-            self._resolve(final=False)
+        with self._lock:  # autograd's device thread reads the clock too (--modules)
+            ev = self._pool.pop() if self._pool else self._event(enable_timing=True)
+            ev.record()
+            self._pending.append((len(self.hosts), ev))
+            self.hosts.append(t)
+            self.done.append(None)
+            if len(self._pending) > RESOLVE_BACKLOG:
+                self._resolve(final=False)
         return t
 
     # -- run boundaries ---------------------------------------------------------------
