@@ -36,6 +36,13 @@ from torch.utils.data import DataLoader
 from torch.utils.data import dataloader as dl_mod
 
 from epochmagic import recorder as r
+from epochmagic.batches import (
+    autocast_precision,
+    batch_info,
+    first_tensor_arg,
+    non_blocking,
+    signature,
+)
 from epochmagic.cudaclock import DeviceClock
 from epochmagic.recorder import MemoryReader, Pass, Recorder
 
@@ -73,53 +80,6 @@ def loader_keys(loader: Any) -> frozenset[tuple[str, int]]:
     if dataset is not None:
         keys.add(("dataset", id(dataset)))
     return frozenset(keys)
-
-
-def batch_info(batch: Any) -> tuple[int, int | None, Any]:
-    """(samples, tokens or None, labels tensor or None) of a batch."""
-    first, second = _leading_tensors(batch)
-    if first is None:
-        return 0, None, None
-    samples = int(first.shape[0]) if first.dim() > 0 else 1
-    tokens = None
-    if first.dim() >= 2 and not first.is_floating_point() and not first.is_complex():
-        tokens = int(first.numel())
-    labels = None
-    if second is not None and second.dim() == 1 and not second.is_floating_point():
-        labels = second
-    return samples, tokens, labels
-
-
-def _leading_tensors(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    if isinstance(batch, dict):
-        values = [v for v in batch.values() if isinstance(v, torch.Tensor)]
-        for key in ("input_ids", "input", "inputs", "x", "image", "images", "pixel_values"):
-            if isinstance(batch.get(key), torch.Tensor):
-                first = batch[key]
-                label = batch.get("labels", batch.get("label", batch.get("y")))
-                return first, label if isinstance(label, torch.Tensor) else None
-        return (values[0] if values else None), (values[1] if len(values) > 1 else None)
-    if isinstance(batch, (list, tuple)):
-        tensors = [b for b in batch if isinstance(b, torch.Tensor)]
-        if tensors:
-            return tensors[0], (tensors[1] if len(tensors) > 1 else None)
-        for item in batch:
-            first, _ = _leading_tensors(item)
-            if first is not None:
-                return first, None
-    return None, None
-
-
-def _first_tensor_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            return a
-    for a in kwargs.values():
-        if isinstance(a, torch.Tensor):
-            return a
-    return None
 
 
 class Probes:
@@ -408,7 +368,7 @@ class Probes:
         grad = torch.is_grad_enabled()
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         if first is None:
-            first = _first_tensor_arg(args, kwargs)
+            first = first_tensor_arg(args, kwargs)
         samples, tokens = 0, None
         if first is not None:
             shape = first.shape
@@ -417,11 +377,11 @@ class Probes:
                 if len(shape) >= 2 and not first.is_floating_point():
                     tokens = first.numel()
         if grad and self.precision is None and module.training:
-            self.precision = _autocast_precision(first)
+            self.precision = autocast_precision(first)
             self.first_call = (
                 module,
-                _signature(args),
-                _signature(tuple(kwargs.values())),
+                signature(args),
+                signature(tuple(kwargs.values())),
                 tuple(kwargs),
             )
         self.roots.setdefault(id(module), module)
@@ -691,15 +651,6 @@ class Probes:
         return iter(passes(self.rec.events))
 
 
-def non_blocking(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    """The ``non_blocking`` flag of a ``Tensor.to(...)`` / ``.cuda(...)`` call:
-    a keyword, or the first positional bool (``to(device, dtype, True)``,
-    ``cuda(0, True)``)."""
-    if "non_blocking" in kwargs:
-        return bool(kwargs["non_blocking"])
-    return next((a for a in args if isinstance(a, bool)), False)
-
-
 def _steps_done(p: Pass) -> int:
     """Training steps finished in pass ``p`` when the loop asks for another batch.
 
@@ -710,21 +661,3 @@ def _steps_done(p: Pass) -> int:
     if p.units == 0:
         return p.yielded
     return max(p.yielded - 1, min(p.yielded, p.units))
-
-
-def _signature(values: tuple[Any, ...]) -> list[Any]:
-    return [
-        (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else v for v in values
-    ]
-
-
-def _autocast_precision(first: Any) -> str:
-    device = first.device.type if first is not None else "cpu"
-    for dev in (device, "cpu", "cuda"):
-        try:
-            if torch.is_autocast_enabled(dev):
-                dtype = torch.get_autocast_dtype(dev)
-                return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
-        except (RuntimeError, TypeError):
-            continue
-    return "fp32"
