@@ -172,3 +172,52 @@ def test_what_if_on_the_device_clock_restores_and_reports(ip, dev):
     assert not dev.watching
     unsupported = prof.rerun(pin_memory=True, steps=2)
     assert unsupported.status == "unsupported" and "CPU" in unsupported.error
+
+
+def test_a_gpu_profile_renders_everywhere_and_round_trips(ip, dev, tmp_path):
+    from epochmagic import EpochProfile
+    from epochmagic.dashboard import Dashboard
+
+    run(ip, HEAVY)
+    run(ip, LOOP)
+    prof = ip.user_ns["prof"]
+    bundle = prof._repr_mimebundle_()
+    assert "GPU Simulated GPU" in bundle["text/plain"] and "GPU busy" in bundle["text/plain"]
+    assert "GPU busy s" in bundle["text/html"] and bundle["image/png"]
+    assert "Simulated GPU" in Dashboard(prof).widget.children[0].value
+    page = prof.to_html(tmp_path / "gpu.html").read_text()
+    assert "idle" in page and "syncs/step" in page
+    back = EpochProfile.load(prof.save(tmp_path / "gpu.json"))
+    assert back.gpu == prof.gpu
+
+
+def test_transfers_record_bytes_pinned_and_non_blocking():
+    """Any device other than the CPU counts; ``meta`` stands in for CUDA here."""
+    import torch
+
+    from epochmagic import recorder as r
+    from epochmagic.probes import Probes
+    from epochmagic.recorder import Recorder
+
+    rec = Recorder()
+    x = torch.zeros(4, 8)
+    with Probes(rec, watch_transfers=True) as probes:
+        rec.begin()
+        x.to("meta", non_blocking=True)
+        x.to("meta")
+        x.to(torch.float64)  # stays on the CPU: not a transfer
+        rec.finish()
+    count, size, pinned, non_blocking = probes.transfers
+    assert (count, size, pinned, non_blocking) == (2, 2 * 128, 0, 128)
+    kinds = [e[1] for e in rec.events]
+    assert kinds.count(r.XFER_ENTER) == kinds.count(r.XFER_EXIT) == 2
+
+
+def test_non_blocking_flag_in_every_spelling():
+    from epochmagic.batches import non_blocking
+
+    assert non_blocking((), {"non_blocking": True})
+    assert not non_blocking(("cuda",), {})
+    assert non_blocking(("cuda", None, True), {})  # to(device, dtype, non_blocking)
+    assert non_blocking((0, True), {})  # cuda(device, non_blocking)
+    assert not non_blocking(("cuda",), {"non_blocking": False, "copy": True})
