@@ -28,6 +28,8 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+LAG_S = 50e-6  # a closing marker this late means the device lagged the host there
+
 
 def completion_times(hosts: Sequence[float], done: Sequence[float | None]) -> list[float]:
     """Completion times made consistent: never before the marker was recorded,
@@ -47,12 +49,14 @@ class DeviceTime:
 
     hosts: list[float]
     done: list[float]  # completion_times(), same length as hosts
-    busy: list[tuple[float, float]] = field(init=False)
+    busy: list[tuple[float, float]] = field(init=False)  # known busy (a lower bound)
+    busy_estimate: list[tuple[float, float]] = field(init=False)  # lagging segments filled
 
     def __post_init__(self) -> None:
         if len(self.hosts) != len(self.done):
             raise ValueError("one completion time per marker")
         self.busy = busy_intervals(self.hosts, self.done)
+        self.busy_estimate = busy_intervals(self.hosts, self.done, lag=LAG_S)
 
     @classmethod
     def from_markers(cls, hosts: Sequence[float], done: Sequence[float | None]) -> DeviceTime:
@@ -75,17 +79,6 @@ class DeviceTime:
             moved = min(moved, self.done[k + 1])
         return moved
 
-    def busy_s(self, a: float, b: float) -> float:
-        """Seconds of [a, b] (device time) in which work was known to be queued."""
-        total = 0.0
-        i = bisect.bisect_right(self.busy, (a, float("inf"))) - 1
-        i = max(i, 0)
-        while i < len(self.busy) and self.busy[i][0] < b:
-            s, e = self.busy[i]
-            total += max(0.0, min(b, e) - max(a, s))
-            i += 1
-        return total
-
     def wait_before(self, t: float) -> float:
         """How long the host was blocked in a synchronising call that returned
         at host time ``t`` (a marker's time).
@@ -103,23 +96,49 @@ class DeviceTime:
         return max(0.0, min(self.done[prev], t) - self.hosts[prev])
 
 
-def busy_intervals(hosts: Sequence[float], done: Sequence[float]) -> list[tuple[float, float]]:
-    """Where the stream had queued work, in device time: from each marker's
+def busy_intervals(
+    hosts: Sequence[float], done: Sequence[float], lag: float | None = None
+) -> list[tuple[float, float]]:
+    """Where the stream had work queued, in device time: from each marker's
     record (or the previous completion, if later) until it completed. Merged,
     sorted.
 
-    This is a lower bound of the device's busy time: work launched and finished
-    between two markers while the device kept up is not seen (the device had
-    to wait on the host there anyway, so it is counted as idle).
+    This is a lower bound of the device's busy time: work a device runs between
+    two readings while it keeps up with the host is not seen. With ``lag``, a
+    segment whose closing marker completed more than ``lag`` seconds after it
+    was recorded counts as busy from its start: the device was still working
+    through that segment's work at its end, so (for a segment of similar
+    kernels) it had been since it began it. That estimate is exact for a
+    device that lags all through a segment, and too high for a segment of
+    small launches ending in one long kernel.
     """
     out: list[tuple[float, float]] = []
     prev_done = float("-inf")
+    prev_host = float("-inf")
     for h, d in zip(hosts, done):
         s = max(h, prev_done)
+        if lag is not None and d - h > lag:
+            s = max(prev_host, prev_done)
         if d > s:
             if out and out[-1][1] >= s:
                 out[-1] = (out[-1][0], max(out[-1][1], d))
             else:
                 out.append((s, d))
         prev_done = max(prev_done, d)
+        prev_host = h
     return out
+
+
+def overlap(
+    intervals: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]]
+) -> float:
+    """Seconds of ``spans`` covered by ``intervals`` (both sorted, each disjoint)."""
+    total, i = 0.0, 0
+    for a, b in spans:
+        while i < len(intervals) and intervals[i][1] <= a:
+            i += 1
+        j = i
+        while j < len(intervals) and intervals[j][0] < b:
+            total += max(0.0, min(b, intervals[j][1]) - max(a, intervals[j][0]))
+            j += 1
+    return total

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from epochmagic.devicetime import overlap
 from epochmagic.timeline import Timeline
 
 # Dense datasheet peaks (no structured sparsity), TFLOP/s: fp32, tf32, bf16/fp16.
@@ -60,6 +61,13 @@ def fields(tl: Timeline, device: dict[str, Any]) -> dict[str, Any]:
         # beyond design.md's list: what the findings cite
         "idle_in_steps_share": (
             max(0.0, 1.0 - busy_in_steps / in_steps) if in_steps and timed else None
+        ),
+        # the same with segments the device was still working through at their
+        # end counted busy throughout: the findings use this lower figure
+        "idle_in_steps_share_low": (
+            max(0.0, 1.0 - overlap(tl.busy_estimate, bounds) / in_steps)
+            if in_steps and timed
+            else None
         ),
         "idle_s_by_phase": (
             {k: max(0.0, v - busy.get(k, 0.0)) for k, v in tl.phases.items()} if timed else None

@@ -48,6 +48,15 @@ def _timed(prof: EpochProfile) -> dict[str, Any] | None:
     return gpu
 
 
+def _idle(gpu: dict[str, Any]) -> float:
+    """Idle share of the steps, counting as busy the segments the device was
+    still working through at their end (``idle_in_steps_share`` counts only
+    the time work was known to be queued, so it over-states idleness when the
+    host's launches overlap the device's work)."""
+    low = gpu.get("idle_in_steps_share_low")
+    return float(low if low is not None else gpu.get("idle_in_steps_share") or 0.0)
+
+
 def _ms(s: float) -> str:
     return f"{s * 1000:.1f} ms"
 
@@ -64,9 +73,12 @@ def sync_points(prof: EpochProfile) -> Finding | None:
     if gpu is None:
         return None
     per_step = gpu.get("syncs_per_step") or 0.0
-    idle = gpu.get("idle_in_steps_share") or 0.0
-    bubble = sum((gpu.get("idle_s_by_phase") or {}).get(p, 0.0) for p in HOST_PHASES)
+    idle = _idle(gpu)
     in_steps = sum(prof.step_times) or 1e-12
+    by_phase = gpu.get("idle_s_by_phase") or {}
+    outside_loader = sum(by_phase.get(p, 0.0) for p in HOST_PHASES)
+    # the idle time outside the loader, at the conservative idle estimate
+    bubble = idle * in_steps * outside_loader / (sum(by_phase.values()) or 1e-12)
     if per_step < _t("sync_per_step") or bubble / in_steps < _t("sync_idle"):
         return None
     sites = "; ".join(
@@ -137,8 +149,8 @@ def gpu_idle(prof: EpochProfile) -> Finding | None:
     gpu = _timed(prof)
     if gpu is None:
         return None
-    idle = gpu.get("idle_in_steps_share")
-    if idle is None or idle < _t("gpu_idle"):
+    idle = _idle(gpu)
+    if idle < _t("gpu_idle"):
         return None
     in_steps = sum(prof.step_times)
     by_phase = {k: v for k, v in (gpu.get("idle_s_by_phase") or {}).items() if k != "eval" and v}

@@ -170,6 +170,7 @@ def run_cell(
         trained_param_ids=probes.trained_param_ids(),
         clock_opt=probes.clock_opt,
         busy=device_time.busy if device_time is not None else None,
+        busy_estimate=device_time.busy_estimate if device_time is not None else None,
     )
     if exc is not None:
         exc = _from_cell(exc, cell.filename)

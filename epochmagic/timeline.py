@@ -39,6 +39,7 @@ class Timeline:
     # (time, filename, lineno, in a copy, seconds the host waited)
     device_phases: dict[str, float] | None = None
     device_step_s: list[float] = field(default_factory=list)  # busy seconds per step
+    busy_estimate: list[tuple[float, float]] = field(default_factory=list)  # devicetime's
     syncs: list[tuple[float, str, int, bool, float]] = field(default_factory=list)
 
     @property
@@ -58,6 +59,7 @@ def analyse(
     trained_param_ids: set[int] | None = None,
     clock_opt: Any = None,
     busy: list[tuple[float, float]] | None = None,
+    busy_estimate: list[tuple[float, float]] | None = None,
 ) -> Timeline:
     """Work out steps, evaluation spans and per-phase time from the events.
 
@@ -100,6 +102,7 @@ def analyse(
         device_phases=device[0] if device is not None else None,
         device_step_s=device[1] if device is not None else [],
         syncs=[(e[0], *e[3]) for e in events if e[1] == r.SYNC],
+        busy_estimate=busy_estimate or [],
     )
 
 
