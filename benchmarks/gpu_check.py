@@ -273,8 +273,9 @@ def main() -> None:
     )
     checks.add(
         "A host waited / GPU idle",
-        f"{gpu.get('host_wait_share', float('nan')):.1%} / {gpu.get('idle_share', float('nan')):.1%}"
-        f" of the epoch; MFU {_pct(gpu.get('mfu'))}",
+        f"{_pct(gpu.get('host_wait_share'))} / {_pct(gpu.get('idle_share'))} of the epoch "
+        f"(idle in steps {_pct(gpu.get('idle_in_steps_share_low'))}.."
+        f"{_pct(gpu.get('idle_in_steps_share'))}); MFU {_pct(gpu.get('mfu'))}",
     )
 
     # B: input-bound -------------------------------------------------------------------
@@ -285,7 +286,9 @@ def main() -> None:
     codes = [f.code for f in b.findings]
     checks.add(
         "B data share of the step",
-        f"{share(b, 'data'):.1%}; GPU idle in steps {_pct((b.gpu or {}).get('idle_in_steps_share'))}",
+        f"{share(b, 'data'):.1%}; GPU idle in steps "
+        f"{_pct((b.gpu or {}).get('idle_in_steps_share_low'))}.."
+        f"{_pct((b.gpu or {}).get('idle_in_steps_share'))}",
         "data the largest phase, >= 60 %",
         share(b, "data") >= 0.6 and max(b.phases, key=b.phases.get) == "data",
     )
