@@ -81,7 +81,12 @@ class CudaClock:
         torch = api
         self._torch = torch
         self._event = torch.cuda.Event
-        self._capturing = torch.cuda.is_current_stream_capturing
+        self._capturing = getattr(
+            getattr(torch, "_C", None),
+            "_cuda_isCurrentStreamCapturing",
+            torch.cuda.is_current_stream_capturing,
+        )
+        self._record: Callable[[Any], None] | None = None  # the fast path, once checked
         self.host = host
         self.hosts: list[float] = []
         self.done: list[float | None] = []
@@ -99,7 +104,10 @@ class CudaClock:
             return t  # not started, or inside CUDA graph capture: no events there
         with self._lock:  # autograd's device thread reads the clock too (--modules)
             ev = self._pool.pop() if self._pool else self._event(enable_timing=True)
-            ev.record()
+            if self._record is not None:
+                self._record(ev)
+            else:
+                ev.record()
             self._pending.append((len(self.hosts), ev))
             self.hosts.append(t)
             self.done.append(None)
@@ -120,6 +128,7 @@ class CudaClock:
         except RuntimeError as e:  # a broken context: the cell will say why
             self.error = _describe(e)
             return
+        self._record = _checked(stream_recorder(self._torch), self._event)
         self._anchor, self._anchor_t = anchor, self.host()  # idle device: completes now
 
     def finish(self) -> DeviceTime | None:
@@ -230,6 +239,45 @@ class CudaClock:
                 "float32_matmul_precision": self._torch.get_float32_matmul_precision(),
             },
         }
+
+
+def stream_recorder(torch: Any) -> Callable[[Any], None] | None:
+    """Record an event on the current stream without building a ``Stream``
+    object per reading, as ``Event.record()`` does through
+    ``torch.cuda.current_stream()`` (most of a reading's cost): the current
+    stream is looked up by its id and its Python object reused."""
+    try:
+        get_stream = torch._C._cuda_getCurrentStream
+        get_device = torch._C._cuda_getDevice
+        base_record = torch._C._CudaEventBase.record
+        stream_type = torch.cuda.Stream
+    except AttributeError:
+        return None
+    streams: dict[Any, Any] = {}
+
+    def record(ev: Any) -> None:
+        data = tuple(get_stream(get_device()))
+        stream = streams.get(data)
+        if stream is None:
+            stream = streams[data] = stream_type(
+                stream_id=data[0], device_index=data[1], device_type=data[2]
+            )
+        base_record(ev, stream)
+
+    return record
+
+
+def _checked(record: Callable[[Any], None] | None, event: Any) -> Callable[[Any], None] | None:
+    """``record`` if it records a completing event here, else None (the public path)."""
+    if record is None:
+        return None
+    try:
+        probe = event(enable_timing=True)
+        record(probe)
+        probe.synchronize()
+        return record if probe.query() else None
+    except Exception:  # noqa: BLE001 (a private API that changed: use the public one)
+        return None
 
 
 def _describe(e: BaseException) -> str:

@@ -156,3 +156,43 @@ def test_user_frame_skips_torch_and_epochmagic():
     assert here == (__file__, 7)
     inside = user_frame(torch.__file__, 1)  # reported from torch: walk out to the caller
     assert inside[0] == __file__
+
+
+def test_fast_stream_path_reuses_one_stream_object_and_falls_back_when_broken(sim):
+    stream, cuda, _ = sim
+    made: list[dict] = []
+    recorded: list[tuple] = []
+
+    def make_stream(**kw):
+        made.append(kw)
+        return kw
+
+    def base_record(ev, on):
+        recorded.append(tuple(on.values()))
+        ev.record()
+
+    cuda.Stream = make_stream
+    cuda.Event.synchronize = lambda ev: cuda.synchronize()
+    fake_c = SimpleNamespace(
+        _cuda_getCurrentStream=lambda device: [3, device, 1],  # a list, as C may return
+        _cuda_getDevice=lambda: 0,
+        _CudaEventBase=SimpleNamespace(record=base_record),
+        _cuda_isCurrentStreamCapturing=lambda: False,
+    )
+    clock = CudaClock(host=stream.clock, api=SimpleNamespace(cuda=cuda, _C=fake_c))
+    clock.begin()
+    assert clock._record is not None
+    for _ in range(5):
+        stream.launch(0.001)
+        clock.now()
+    assert len(made) == 1 and set(recorded) == {(3, 0, 1)}
+    assert clock.finish() is not None
+
+    def broken(ev, on):
+        raise RuntimeError("changed private API")
+
+    fake_c._CudaEventBase = SimpleNamespace(record=broken)
+    clock.begin()
+    assert clock._record is None  # the public Event.record() path
+    clock.now()
+    assert len(clock.finish().hosts) == 1
