@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from epochmagic.figures import ms, size
 from epochmagic.gpu import datasheet
 from epochmagic.profile import EpochProfile, Finding
 
@@ -57,17 +58,6 @@ def _idle(gpu: dict[str, Any]) -> float:
     return float(low if low is not None else gpu.get("idle_in_steps_share") or 0.0)
 
 
-def _ms(s: float) -> str:
-    return f"{s * 1000:.1f} ms"
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
 def sync_points(prof: EpochProfile) -> Finding | None:
     gpu = _timed(prof)
     if gpu is None:
@@ -83,7 +73,7 @@ def sync_points(prof: EpochProfile) -> Finding | None:
         return None
     sites = "; ".join(
         f"{s['filename']}:{s['lineno']} `{s['source']}` "
-        f"({s['count'] / prof.steps:.1f}/step, waited {_ms(s['wait_s'] / prof.steps)}/step)"
+        f"({s['count'] / prof.steps:.1f}/step, waited {ms(s['wait_s'] / prof.steps)}/step)"
         for s in gpu.get("sync_sites") or []
     )
     return Finding(
@@ -92,7 +82,7 @@ def sync_points(prof: EpochProfile) -> Finding | None:
         f"each `.item()`, `.cpu()`, `print(tensor)` or data-dependent shape makes the host "
         f"wait until the GPU has run everything queued; the GPU then sits idle while Python "
         f"prepares the next kernels: {idle:.0%} of the steps' time idle, "
-        f"{_ms(bubble / prof.steps)} per step of it outside the loader."
+        f"{ms(bubble / prof.steps)} per step of it outside the loader."
         + (f" Where: {sites}." if sites else ""),
         bubble / (prof.wall_s or 1.0),
         {},
@@ -111,11 +101,11 @@ def transfer(prof: EpochProfile) -> Finding | None:
     if share < _t("transfer_share"):
         return None
     tr = gpu.get("transfer") or {}
-    size = (tr.get("bytes") or 0) / prof.steps
+    per_step = (tr.get("bytes") or 0) / prof.steps
     in_step = sum(sp.get("transfer", 0.0) for sp in prof.step_phases) / prof.steps
     pinned = tr.get("pinned_share") or 0.0
     non_blocking = tr.get("non_blocking_share") or 0.0
-    rate = f" at {size / in_step / 1e9:.1f} GB/s" if in_step > 0 and size else ""
+    rate = f" at {per_step / in_step / 1e9:.1f} GB/s" if in_step > 0 and per_step else ""
     blocking = gpu.get("blocking_copies_per_step") or 0.0
     fixes = []
     if pinned < 0.99 and not prof.config.get("pin_memory"):
@@ -130,7 +120,7 @@ def transfer(prof: EpochProfile) -> Finding | None:
     return Finding(
         "transfer",
         "Host-to-device copies of the batches",
-        f"{_size(size)} per step copied to the GPU{rate}, {_ms(in_step)} per step; "
+        f"{size(per_step)} per step copied to the GPU{rate}, {ms(in_step)} per step; "
         f"{pinned:.0%} from pinned memory, {non_blocking:.0%} with non_blocking=True"
         + (
             f", {blocking:.1f} blocking copies per step that wait for the GPU's queue"
@@ -173,8 +163,8 @@ def gpu_idle(prof: EpochProfile) -> Finding | None:
     return Finding(
         "gpu_idle",
         f"The GPU is idle {idle:.0%} of the training steps",
-        f"no work was queued on the GPU for {_ms(idle * in_steps / prof.steps)} of each "
-        f"{_ms(in_steps / prof.steps)} step; meanwhile the host was in: {where}.",
+        f"no work was queued on the GPU for {ms(idle * in_steps / prof.steps)} of each "
+        f"{ms(in_steps / prof.steps)} step; meanwhile the host was in: {where}.",
         idle * in_steps / (prof.wall_s or 1.0),
         suggestion,
         fix,

@@ -221,3 +221,17 @@ def test_non_blocking_flag_in_every_spelling():
     assert non_blocking(("cuda", None, True), {})  # to(device, dtype, non_blocking)
     assert non_blocking((0, True), {})  # cuda(device, non_blocking)
     assert not non_blocking(("cuda",), {"non_blocking": False, "copy": True})
+
+
+def test_modules_and_lines_on_the_device_clock(ip, dev):
+    """--modules' layer spans and gradient marks move to device time too, and
+    the traced run for lines runs under the same clock."""
+    run(ip, HEAVY)
+    run(ip, LOOP.replace("--no-lines", "--modules"))
+    prof = ip.user_ns["prof"]
+    check_phases(prof)
+    layers = dict((n, s) for n, s, _ in prof.evidence["module_forward_s"])
+    assert any("lin" in n for n in layers)
+    assert all(s >= 0 for s in layers.values())
+    assert prof.evidence["module_backward_s"]
+    assert prof.lines and any("dev.item(loss)" in ls.source for ls in prof.lines)
