@@ -335,7 +335,8 @@ class Dashboard:
             rows.append(
                 f"<tr><td>{html.escape(label)}</td><td>{_f(r.epoch_s)}</td>"
                 f"<td>{_f((r.predicted or {}).get('epoch_s'))}</td>"
-                f"<td>{_f(r.samples_per_s, 0)}</td><td>{speed}</td><td>{_mib(r)}</td>"
+                f"<td>{_f(r.samples_per_s, 0)}</td><td>{speed}</td><td>{_mib(r)}"
+                f"{_predicted_mib(r)}</td>"
                 f"<td>{status}</td></tr>"
             )
         return f"<table class='em-results'>{''.join(rows)}</table>"
@@ -352,3 +353,8 @@ def _f(x: float | None, digits: int = 2) -> str:
 def _mib(p: EpochProfile) -> str:
     peak = p.memory.get("peak_bytes") if p.memory else None
     return f"{peak / 2**20:,.0f} MiB" if peak else "-"
+
+
+def _predicted_mib(p: EpochProfile) -> str:
+    peak = (p.predicted or {}).get("peak_bytes")
+    return f" (predicted {peak / 2**20:,.0f})" if peak else ""

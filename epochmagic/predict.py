@@ -97,7 +97,25 @@ def epoch(
         "epoch_s": epoch_s,
         "samples_per_s": samples / (N1 * step) if samples and step > 0 else None,
         "model": "; ".join(models) or "unchanged",
+        "peak_bytes": peak_bytes(base, s),
     }
+
+
+def peak_bytes(base: EpochProfile, s: dict[str, Any]) -> int | None:
+    """Peak memory at another batch size: what a step adds on top of the
+    memory held between steps (parameters, gradients, optimizer state) grows
+    with the batch. ``None`` when the baseline has no memory figures; the
+    baseline's own peak when the batch size does not change."""
+    mem = base.memory or {}
+    peak = mem.get("peak_bytes")
+    per_step = mem.get("per_step_bytes") or []
+    if not peak:
+        return None
+    old, new = base.config.get("batch_size"), s.get("batch_size")
+    if not old or not new or new == old:
+        return int(peak)
+    held = min(per_step) if per_step else 0
+    return int(held + max(0, peak - held) * new / old)
 
 
 def _pipeline(

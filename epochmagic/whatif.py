@@ -215,15 +215,12 @@ def _autocast(base: EpochProfile, s: dict[str, Any], notes: list[str]) -> Callab
 
 def _check_memory(base: EpochProfile, s: dict[str, Any]) -> None:
     """On the CPU a real out-of-memory kills the kernel instead of raising:
-    refuse a batch size whose estimated memory will not fit."""
+    refuse a batch size whose estimated memory will not fit (on a GPU an
+    out-of-memory is caught and reported as ``oom``)."""
     old, new = base.config.get("batch_size"), s.get("batch_size")
-    mem = base.memory
-    if mem.get("kind") != "cpu" or not old or not new or new <= old:
+    if base.memory.get("kind") != "cpu" or not old or not new or new <= old:
         return
-    per_step = mem.get("per_step_bytes") or []
-    baseline = min(per_step) if per_step else 0
-    grow = max(0, int(mem.get("peak_bytes", 0)) - baseline)
-    estimate = grow * (new / old - 1)
+    estimate = (predict.peak_bytes(base, s) or 0) - int(base.memory.get("peak_bytes") or 0)
     free = changes.available_memory()
     if free is not None and estimate > 0.8 * free:
         raise Unsupported(

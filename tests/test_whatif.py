@@ -263,6 +263,19 @@ def test_cpu_memory_estimate_refuses_a_batch_that_would_not_fit(ip, base, monkey
     monkeypatch.setattr(changes, "available_memory", lambda: 2 * 2**30)
     r = base.rerun(batch_size=16 * 64)
     assert r.status == "unsupported" and "GiB" in r.error
+    assert r.predicted["peak_bytes"] > base.memory["peak_bytes"] + 2**30
+
+
+def test_predicted_peak_memory_scales_what_a_step_adds():
+    from epochmagic import predict
+
+    prof = EpochProfile(
+        memory={"kind": "cuda", "peak_bytes": 3 * 2**30, "per_step_bytes": [2**30, 2**30]},
+        config={"batch_size": 32},
+    )
+    assert predict.peak_bytes(prof, {"batch_size": 64}) == 5 * 2**30  # 1 GiB held + 2 x 2
+    assert predict.peak_bytes(prof, {"batch_size": 32}) == 3 * 2**30
+    assert predict.peak_bytes(EpochProfile(config={"batch_size": 32}), {"batch_size": 64}) is None
 
 
 def test_loaded_profile_cannot_rerun(base, tmp_path):
