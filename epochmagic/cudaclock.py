@@ -42,7 +42,7 @@ class DeviceClock(Protocol):
 
     def now(self) -> float: ...  # host time; records a marker
 
-    def begin(self) -> None: ...  # the device is idle: start of the run
+    def begin(self) -> None: ...  # start of the run
 
     def finish(self) -> DeviceTime | None: ...  # waits for the device; None if it failed
 
@@ -96,12 +96,25 @@ class CudaClock:
         self._anchor_t = 0.0
         self.error: str | None = None
         self._lock = threading.Lock()
+        self._initialized = torch.cuda.is_initialized
+        self._waiting = False  # begun before the cell brought CUDA up
+        self._watching = False
+        self._debug_before: int | None = None
 
     # -- the hot path ---------------------------------------------------------------
     def now(self) -> float:
         t = self.host()
-        if self._anchor is None or self._capturing():
-            return t  # not started, or inside CUDA graph capture: no events there
+        if self._anchor is None:
+            if not self._waiting or not self._initialized():
+                return t  # nothing can run on the device yet
+            with self._lock:
+                if self._waiting:
+                    self._start()  # the cell brought CUDA up (moved a model there)
+            if self._anchor is None:
+                return t
+            t = self.host()
+        if self._capturing():
+            return t  # inside CUDA graph capture: no events there
         with self._lock:  # autograd's device thread reads the clock too (--modules)
             ev = self._pool.pop() if self._pool else self._event(enable_timing=True)
             if self._record is not None:
@@ -117,21 +130,38 @@ class CudaClock:
 
     # -- run boundaries ---------------------------------------------------------------
     def begin(self) -> None:
+        """Start of the run. CUDA is not initialised here if the cell has not
+        used it yet (a CPU cell on a GPU machine keeps its GPU untouched); the
+        clock starts at its first reading after the cell brings CUDA up."""
         self.hosts.clear()
         self.done.clear()
         self._pending.clear()
         self.error = None
+        self._waiting = True
+        if self._initialized():
+            self._start()
+
+    def _start(self) -> None:
+        """Drain the device once; an anchor event recorded on the idle device
+        completes at once, so its host time is its device time."""
+        self._waiting = False
+        cuda = self._torch.cuda
         try:
-            self._torch.cuda.synchronize()
+            cuda.synchronize()
+            cuda.reset_peak_memory_stats()  # the run's own peak
+            if self._watching:
+                self._debug_before = cuda.get_sync_debug_mode()
+                cuda.set_sync_debug_mode("warn")
             anchor = self._event(enable_timing=True)
             anchor.record()
         except RuntimeError as e:  # a broken context: the cell will say why
             self.error = _describe(e)
             return
         self._record = _checked(stream_recorder(self._torch), self._event)
-        self._anchor, self._anchor_t = anchor, self.host()  # idle device: completes now
+        self._anchor, self._anchor_t = anchor, self.host()
 
     def finish(self) -> DeviceTime | None:
+        self._waiting = False
         if self._anchor is None:
             return None
         try:
@@ -171,7 +201,6 @@ class CudaClock:
         """Call ``on_sync(filename, lineno)`` after every synchronising call the
         main thread makes; the warnings torch raises for them are not shown."""
         cuda = self._torch.cuda
-        before = cuda.get_sync_debug_mode()
         main = threading.get_ident()
         shown = warnings.showwarning
 
@@ -193,11 +222,14 @@ class CudaClock:
         warnings.filterwarnings("always", message=SYNC_MESSAGE)
         added = warnings.filters[0] if len(warnings.filters) > count else None  # else the user's
         warnings.showwarning = showwarning
-        cuda.set_sync_debug_mode("warn")
+        self._watching = True  # the debug mode is switched on when the clock starts
         try:
             yield
         finally:
-            cuda.set_sync_debug_mode(before)
+            self._watching = False
+            if self._debug_before is not None:
+                cuda.set_sync_debug_mode(self._debug_before)
+                self._debug_before = None
             if warnings.showwarning is showwarning:
                 warnings.showwarning = shown
             if added is not None:

@@ -126,8 +126,6 @@ def run_cell(
     status, reason = "ok", "end"
     exc: BaseException | None = None
     output = None
-    if clock is not None and clock.name == "cuda":
-        torch.cuda.reset_peak_memory_stats()  # the run's own peak
     with _captured() if capture else contextlib.nullcontext() as cap:
         with probes:
             if clock is not None:

@@ -27,6 +27,8 @@ class FakeCuda:
         self.capturing = False
         self.mode = 0
         self.broken = False
+        self.initialized = True
+        self.peak_resets = 0
         cuda = self
 
         class Event:
@@ -52,6 +54,12 @@ class FakeCuda:
         if self.broken:
             raise RuntimeError("CUDA error: device-side assert triggered\nmore")
         self.stream.wait()
+
+    def is_initialized(self) -> bool:
+        return self.initialized
+
+    def reset_peak_memory_stats(self) -> None:
+        self.peak_resets += 1
 
     def is_current_stream_capturing(self) -> bool:
         return self.capturing
@@ -138,6 +146,8 @@ def test_sync_watch_routes_torchs_warnings_and_restores_everything(sim):
         warnings.simplefilter("default")
         before = warnings.showwarning
         with clock.watch_syncs(lambda f, n: seen.append((f, n))):
+            assert cuda.mode == 0  # switched on when the clock starts
+            clock.begin()
             assert cuda.mode == 1
             for _ in range(3):  # "always": every sync counts, not once per line
                 warnings.warn(SYNC_MESSAGE, UserWarning, stacklevel=1)
@@ -147,6 +157,34 @@ def test_sync_watch_routes_torchs_warnings_and_restores_everything(sim):
     assert len(seen) == 3 and seen[0][0] == __file__
     assert [str(w.message) for w in other] == ["something else"]  # passed through
     assert warnings.showwarning is shown and warnings.filters == filters
+
+
+def test_a_cell_that_brings_cuda_up_starts_the_clock_then(sim):
+    """A CPU cell on a GPU machine must not initialise CUDA; a cell that moves
+    its model to the GPU starts the clock at its first reading after that."""
+    stream, cuda, clock = sim
+    cuda.initialized = False
+    with clock.watch_syncs(lambda f, n: None):
+        clock.begin()
+        assert cuda.mode == 0 and cuda.peak_resets == 0
+        early = clock.now()
+        assert clock.hosts == []  # host time only: nothing can run on the device yet
+        cuda.initialized = True  # model.to("cuda") in the cell
+        stream.launch(0.005)  # its copy is still running
+        clock.now()
+        assert cuda.mode == 1 and cuda.peak_resets == 1
+        stream.launch(0.010)
+        t = clock.now()
+        dt = clock.finish()
+    assert cuda.mode == 0
+    assert early < dt.hosts[0]
+    # the start drained the device: the reading after it completes at once
+    assert dt.done[0] == pytest.approx(dt.hosts[0])
+    assert dt.done[1] == pytest.approx(t + 0.010)
+    cuda.initialized = False
+    clock.begin()
+    clock.now()
+    assert clock.finish() is None  # CUDA never came up: the host timeline
 
 
 def test_user_frame_skips_torch_and_epochmagic():
