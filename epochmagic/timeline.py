@@ -101,9 +101,16 @@ def analyse(
         labels=labels,
         device_phases=device[0] if device is not None else None,
         device_step_s=device[1] if device is not None else [],
-        syncs=[(e[0], *e[3]) for e in events if e[1] == r.SYNC],
+        syncs=[_sync(e) for e in events if e[1] == r.SYNC],
         busy_estimate=busy_estimate or [],
     )
+
+
+def _sync(e: r.Event) -> tuple[float, str, int, bool, float]:
+    """(time, filename, lineno, in a copy, seconds waited: 0 unless the run was
+    moved to device time)."""
+    filename, lineno, copy, *wait = e[3]
+    return (e[0], filename, lineno, copy, wait[0] if wait else 0.0)
 
 
 def passes(events: list[r.Event]) -> list[Pass]:

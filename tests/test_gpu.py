@@ -235,3 +235,23 @@ def test_modules_and_lines_on_the_device_clock(ip, dev):
     assert all(s >= 0 for s in layers.values())
     assert prof.evidence["module_backward_s"]
     assert prof.lines and any("dev.item(loss)" in ls.source for ls in prof.lines)
+
+
+def test_a_device_that_fails_leaves_the_host_timeline(ip, dev):
+    """A device-side error at the end (an assert in a kernel): phases fall
+    back to host time, the profile says so, nothing breaks."""
+
+    def broken():
+        dev.stream.wait()
+        dev.error = "RuntimeError: CUDA error: device-side assert triggered"
+        return None
+
+    dev.finish = broken
+    run(ip, HEAVY)
+    run(ip, LOOP)
+    prof = ip.user_ns["prof"]
+    check_phases(prof)
+    assert prof.gpu["timing"] == "host clock" and prof.gpu["device_s_by_phase"] is None
+    assert prof.gpu["syncs_per_step"] == pytest.approx(1.0)
+    assert any("device timing failed" in n for n in prof.notes)
+    assert not {"sync_points", "gpu_idle", "transfer"} & {f.code for f in prof.findings}
