@@ -28,7 +28,8 @@ def test_gpu_check_smoke_runs_every_scenario():
         "C transfer, pinned",
         "D bf16 speed-up over fp32",
         "D fp16 speed-up over fp32",
-        "E distortion (wall_s vs plain)",
+        "E distortion, GPU-bound loop",
+        "F distortion, host-bound loop",
     ):
         assert row in out, row
     assert "FAIL" not in out and "PASS" not in out  # no verdicts off the GPU
