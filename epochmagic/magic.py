@@ -83,14 +83,15 @@ class EpochMagics(Magics):
     @argument(
         "--modules",
         action="store_true",
-        help="also time each submodule's forward (costs overhead; off by default)",
+        help="also time each layer's forward and backward (costs overhead; off by default)",
     )
     @argument("--text", action="store_true", help="print the plain-text report")
     @argument("--no-lines", action="store_true", help="skip line-level attribution")
     @argument(
         "--export",
         metavar="PATH",
-        help="also write the profile (.json) or a Chrome/Perfetto trace (.trace.json)",
+        help="also write the profile (.json), a Chrome/Perfetto trace (.trace.json) or a "
+        "report page (.html)",
     )
     @line_cell_magic
     def epochprofile(self, line: str = "", cell: str | None = None) -> None:
@@ -99,6 +100,10 @@ class EpochMagics(Magics):
 
         Cell form: ``%%epochprofile [options]`` above an unchanged training cell.
         Line form: ``%epochprofile [options] statement``, like ``%time``.
+        On CUDA the phases come from CUDA events (asynchronous GPU work is
+        credited to the phase that launched it) and ``prof.gpu`` says how long
+        the GPU sat idle, where the loop synchronised and the model FLOP
+        utilisation.
         """
         __tracebackhide__ = True  # noqa: F841
         if cell is None:
