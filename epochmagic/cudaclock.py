@@ -320,14 +320,24 @@ def _describe(e: BaseException) -> str:
 def user_frame(filename: str, lineno: int) -> tuple[str, int]:
     """The caller outside torch and epochmagic: a sync inside ``print(t)`` is
     reported at the user's ``print``, not in torch's tensor formatting."""
+    if not filename.startswith(_internal()):
+        return filename, lineno
+    found = caller_outside(sys._getframe(1))
+    return found if found[0] else (filename, lineno)
+
+
+def caller_outside(frame: Any) -> tuple[str, int]:
+    """The first frame from ``frame`` outwards that is not torch's, ours or
+    the warnings machinery's: the user's line."""
+    skip = _internal()
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame = frame.f_back
+    if frame is None:
+        return "", 0
+    return frame.f_code.co_filename, frame.f_lineno
+
+
+def _internal() -> tuple[str, ...]:
     import torch
 
-    skip = (torch.__path__[0], __file__.rsplit("/", 1)[0], warnings.__file__)
-    if not filename.startswith(skip):
-        return filename, lineno
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(skip):
-        frame = frame.f_back  # type: ignore[assignment]
-    if frame is None:
-        return filename, lineno
-    return frame.f_code.co_filename, frame.f_lineno
+    return (torch.__path__[0], __file__.rsplit("/", 1)[0], warnings.__file__)

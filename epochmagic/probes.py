@@ -24,6 +24,7 @@ Why these probes, and not others:
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -43,7 +44,7 @@ from epochmagic.batches import (
     non_blocking,
     signature,
 )
-from epochmagic.cudaclock import DeviceClock
+from epochmagic.cudaclock import DeviceClock, caller_outside
 from epochmagic.recorder import MemoryReader, Pass, Recorder
 
 DEFAULT_NO_LOADER_SECONDS = 60.0
@@ -622,6 +623,22 @@ class Probes:
             return original_item(t)
 
         self._patch(torch.Tensor, "item", item)
+
+        # an explicit torch.cuda.synchronize() is a sync too; torch's debug mode
+        # leaves it out (it is deliberate), the loop still waits in it
+        original_sync = torch.cuda.synchronize
+
+        def synchronize(*args: Any, **kwargs: Any) -> Any:
+            if not probes.active or threading.get_ident() != probes._main:
+                return original_sync(*args, **kwargs)
+            before = len(rec.events)
+            rec.clock()  # the wait inside is exact, as for .item()
+            out = original_sync(*args, **kwargs)
+            if not any(e[1] == r.SYNC for e in rec.events[before:]):  # not reported already
+                on_sync(*caller_outside(sys._getframe(1)))
+            return out
+
+        self._patch(torch.cuda, "synchronize", synchronize)
 
     # -- stopping -----------------------------------------------------------
     def _check_limits(self, steps: int, now: float, default_seconds: float | None) -> None:

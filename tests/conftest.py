@@ -25,6 +25,7 @@ PATCHED = [
     (torch.Tensor, "to"),
     (torch.Tensor, "cuda"),
     (torch.Tensor, "item"),  # marks the start of a sync on CUDA
+    (torch.cuda, "synchronize"),  # an explicit sync is one too
     (torch.autograd, "backward"),
     (torch.autograd, "grad"),
     (torch.optim.Optimizer, "zero_grad"),

@@ -255,3 +255,25 @@ def test_a_device_that_fails_leaves_the_host_timeline(ip, dev):
     assert prof.gpu["syncs_per_step"] == pytest.approx(1.0)
     assert any("device timing failed" in n for n in prof.notes)
     assert not {"sync_points", "gpu_idle", "transfer"} & {f.code for f in prof.findings}
+
+
+def test_an_explicit_synchronize_is_a_sync_at_its_line(ip, dev, monkeypatch):
+    import torch
+
+    # what torch.cuda.synchronize does on a GPU: wait until the stream is drained
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: dev.stream.wait())
+    run(ip, HEAVY)
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines
+for xb, yb in train_loader:
+    loss = loss_fn(model(xb), yb)
+    opt.zero_grad(); loss.backward(); opt.step()
+    torch.cuda.synchronize()
+""",
+    )
+    gpu = ip.user_ns["prof"].gpu
+    assert gpu["syncs_per_step"] == pytest.approx(1.0)
+    assert gpu["sync_sites"][0]["source"] == "torch.cuda.synchronize()"
+    # the host waited there for the forward's 20 ms, read exactly from the call's start
+    assert gpu["sync_sites"][0]["wait_s"] / 16 > 0.015
