@@ -182,10 +182,7 @@ def _gpu(run: RunResult) -> dict[str, Any] | None:
     clock, tl = run.device, run.timeline
     if clock is None or not clock.used():
         return None
-    described = clock.describe()
-    if tl.device_phases is None:
-        described["events"] = False  # the device failed; host timing only
-    fields = gpumod.fields(tl, described)
+    fields = gpumod.fields(tl, clock.describe())
     count, size, pinned, async_ = run.probes.transfers
     fields["transfer"] = {
         "copies": count,

@@ -48,7 +48,7 @@ class DeviceClock(Protocol):
 
     def watch_syncs(self, on_sync: Callable[[str, int], None]) -> Any: ...  # context manager
 
-    def memory(self) -> tuple[int, int]: ...  # (allocated, reserved) bytes now
+    def memory(self) -> int: ...  # bytes allocated now
 
     def tensor_on_device(self, t: Any) -> bool: ...
 
@@ -237,12 +237,8 @@ class CudaClock:
                     warnings.filters.remove(added)  # type: ignore[attr-defined]
                 warnings._filters_mutated()  # type: ignore[attr-defined]
 
-    def memory(self) -> tuple[int, int]:
-        stats = self._torch.cuda.memory_stats()
-        return (
-            int(stats.get("allocated_bytes.all.current", 0)),
-            int(stats.get("reserved_bytes.all.current", 0)),
-        )
+    def memory(self) -> int:
+        return int(self._torch.cuda.memory_stats().get("allocated_bytes.all.current", 0))
 
     def tensor_on_device(self, t: Any) -> bool:
         return bool(t.is_cuda)

@@ -9,6 +9,8 @@ model's FLOPs.
 
 from __future__ import annotations
 
+import bisect
+import linecache
 import re
 import time
 from collections import Counter
@@ -42,7 +44,7 @@ def fields(tl: Timeline, device: dict[str, Any]) -> dict[str, Any]:
     timed = tl.device_phases is not None
     busy = tl.device_phases or {}
     in_steps = sum(tl.step_times)
-    busy_in_steps = sum(tl.device_step_s)
+    busy_in_steps = overlap(tl.busy, tl.step_bounds)
     bounds = tl.step_bounds
     in_step = [s for s in tl.syncs if _inside(s[0], bounds)]
     calls = [s for s in in_step if not s[3]]
@@ -84,8 +86,6 @@ def fields(tl: Timeline, device: dict[str, Any]) -> dict[str, Any]:
 
 
 def _inside(t: float, bounds: list[tuple[float, float]]) -> bool:
-    import bisect
-
     i = bisect.bisect_right(bounds, (t, float("inf"))) - 1
     return i >= 0 and bounds[i][0] <= t <= bounds[i][1]
 
@@ -103,8 +103,6 @@ def _sites(syncs: list[tuple[float, str, int, bool, float]]) -> list[dict[str, A
 
 
 def _source(filename: str, lineno: int) -> str:
-    import linecache
-
     return linecache.getline(filename, lineno).strip()
 
 

@@ -354,16 +354,15 @@ class Probes:
         self._patched_classes[cls] = original
 
     def _sample_memory(self, now: float) -> None:
-        """Read RSS at a step boundary, at most every MEMORY_EVERY_S: at
-        hundreds of steps per second a read per step would cost more than the
-        rest of the probes."""
-        if self.device is None:
-            if now - self._last_memory >= MEMORY_EVERY_S:
-                self._last_memory = now
-                self.rec.events.append((now, r.MEM, None, self._mem.rss()))
-        elif now - self._last_memory >= DEVICE_MEMORY_EVERY_S:
+        """Read memory at a step boundary (RSS, or the CUDA allocator's when
+        the run has a device clock), at most every MEMORY_EVERY_S /
+        DEVICE_MEMORY_EVERY_S: at hundreds of steps per second a read per step
+        would cost more than the rest of the probes."""
+        every = MEMORY_EVERY_S if self.device is None else DEVICE_MEMORY_EVERY_S
+        if now - self._last_memory >= every:
             self._last_memory = now
-            self.rec.events.append((now, r.MEM, None, self.device.memory()[0]))
+            value = self._mem.rss() if self.device is None else self.device.memory()
+            self.rec.events.append((now, r.MEM, None, value))
 
     def _enter_forward(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         grad = torch.is_grad_enabled()

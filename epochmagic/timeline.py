@@ -35,11 +35,11 @@ class Timeline:
     eval_spans: list[tuple[float, float]] = field(default_factory=list)
     labels: list[Any] = field(default_factory=list)
     # on a device clock: seconds the device had work queued, by the phase that
-    # launched it (None on the CPU), and the synchronising calls
-    # (time, filename, lineno, in a copy, seconds the host waited)
+    # launched it (None on the CPU), where it had (devicetime's intervals), and
+    # the synchronising calls (time, filename, lineno, in a copy, seconds waited)
     device_phases: dict[str, float] | None = None
-    device_step_s: list[float] = field(default_factory=list)  # busy seconds per step
-    busy_estimate: list[tuple[float, float]] = field(default_factory=list)  # devicetime's
+    busy: list[tuple[float, float]] = field(default_factory=list)
+    busy_estimate: list[tuple[float, float]] = field(default_factory=list)
     syncs: list[tuple[float, str, int, bool, float]] = field(default_factory=list)
 
     @property
@@ -99,8 +99,8 @@ def analyse(
         training_pass=train_pass,
         eval_spans=spans,
         labels=labels,
-        device_phases=device[0] if device is not None else None,
-        device_step_s=device[1] if device is not None else [],
+        device_phases=device,
+        busy=busy or [],
         syncs=[_sync(e) for e in events if e[1] == r.SYNC],
         busy_estimate=busy_estimate or [],
     )
@@ -386,14 +386,10 @@ def _sweep(
     bounds: list[tuple[float, float]],
     spans: list[tuple[float, float]],
     busy: list[tuple[float, float]] | None = None,
-) -> tuple[
-    dict[str, float],
-    list[dict[str, float]],
-    tuple[dict[str, float], list[float]] | None,
-]:
+) -> tuple[dict[str, float], list[dict[str, float]], dict[str, float] | None]:
     """Credit every instant to one phase: the innermost open one inside a step,
     ``eval`` inside an evaluation span, ``other`` elsewhere. With ``busy``,
-    also the device's busy seconds by phase and per step."""
+    also the device's busy seconds by phase."""
     on_device = busy is not None
     busy = busy or []
     cuts = sorted(
@@ -410,7 +406,6 @@ def _sweep(
     totals = dict.fromkeys(PHASES, 0.0)
     per_step = [dict.fromkeys(PHASES, 0.0) for _ in bounds]
     device = dict.fromkeys(PHASES, 0.0)
-    device_steps = [0.0] * len(bounds)
     stack: list[int] = []
     ei = 0
     si = 0
@@ -441,11 +436,9 @@ def _sweep(
             bi += 1
         if bi < len(busy) and busy[bi][0] <= a:
             device[phase] += d
-            if in_step:
-                device_steps[si] += d
     totals = _exact(totals, end - start)
     per_step = [_exact(p, b1 - b0) for p, (b0, b1) in zip(per_step, bounds)]
-    return totals, per_step, ((device, device_steps) if on_device else None)
+    return totals, per_step, (device if on_device else None)
 
 
 def _apply(stack: list[int], kind: int) -> None:

@@ -102,8 +102,8 @@ class SimClock:
             self.on_sync(caller.f_code.co_filename, caller.f_lineno)
         return value
 
-    def memory(self) -> tuple[int, int]:
-        return self.allocated, self.allocated
+    def memory(self) -> int:
+        return self.allocated
 
     def tensor_on_device(self, t: Any) -> bool:
         return False
