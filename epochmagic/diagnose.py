@@ -288,22 +288,14 @@ def model_compute(prof: EpochProfile) -> Finding | None:
                 )
     if ev.get("layers"):
         bits.append("largest layers: " + ", ".join(f"{n} {p:,}" for n, p in ev["layers"][:3]))
+
+    def slowest(rows: list[tuple[str, float, int]]) -> str:
+        return ", ".join(f"{n} {ms(sec / max(1, prof.steps))}/step" for n, sec, _ in rows[:3])
+
     if ev.get("module_forward_s"):
-        bits.append(
-            "slowest layers in forward: "
-            + ", ".join(
-                f"{n} {ms(sec / max(1, prof.steps))}/step"
-                for n, sec, _ in ev["module_forward_s"][:3]
-            )
-        )
+        bits.append("slowest layers in forward: " + slowest(ev["module_forward_s"]))
         if ev.get("module_backward_s"):
-            bits.append(
-                "in backward: "
-                + ", ".join(
-                    f"{n} {ms(sec / max(1, prof.steps))}/step"
-                    for n, sec, _ in ev["module_backward_s"][:3]
-                )
-            )
+            bits.append("in backward: " + slowest(ev["module_backward_s"]))
     else:
         bits.append("%%epochprofile --modules times each layer's forward and backward")
     return Finding(
