@@ -277,3 +277,26 @@ for xb, yb in train_loader:
     assert gpu["sync_sites"][0]["source"] == "torch.cuda.synchronize()"
     # the host waited there for the forward's 20 ms, read exactly from the call's start
     assert gpu["sync_sites"][0]["wait_s"] / 16 > 0.015
+
+
+def test_an_error_in_the_cell_leaves_nothing_of_the_device_clock(ip, dev):
+    """The user's exception reaches them; the sync watch, the ``Tensor.item``
+    and ``torch.cuda.synchronize`` patches are gone (the leak fixture checks
+    the patches, this test the clock's own watch)."""
+    run(ip, HEAVY)
+    result = run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines
+for i, (xb, yb) in enumerate(train_loader):
+    loss = loss_fn(model(xb), yb)
+    loss.backward(); opt.step()
+    dev.item(loss)
+    if i == 3:
+        raise ValueError("bad batch")
+""",
+        ok=False,
+    )
+    assert isinstance(result.error_in_exec, ValueError)
+    assert not dev.watching
+    prof = ip.user_ns["prof"]
+    assert prof.status == "error" and prof.gpu is not None and prof.steps == 4
