@@ -5,6 +5,7 @@ explain what was measured."""
 from __future__ import annotations
 
 import ast
+import bisect
 from typing import Any
 
 import torch
@@ -74,9 +75,27 @@ def build_profile(run: RunResult, cell: Cell, user_ns: dict[str, Any]) -> EpochP
         skipped_steps=probes.scaler_skips,
         cell=cell.source,
         cpu_s=run.cpu_s,
+        compile=_compile(run),
     )
     prof.notes = _notes(prof, run, probes)
     return prof
+
+
+def _compile(run: RunResult) -> dict[str, Any] | None:
+    """``prof.compile``: torch's counters for the run, and the compile seconds
+    that fell inside each step (the warm-up rule and the epoch estimate leave
+    them out; they stay in the phase they happened in)."""
+    if run.compile is None:
+        return None
+    bounds = run.timeline.step_bounds
+    per_step = [0.0] * len(bounds)
+    starts = [a for a, _ in bounds]
+    for a, b in run.compile_intervals:
+        i = max(0, bisect.bisect_right(starts, a) - 1)
+        while i < len(bounds) and bounds[i][0] < b:
+            per_step[i] += max(0.0, min(b, bounds[i][1]) - max(a, bounds[i][0]))
+            i += 1
+    return {**run.compile, "step_compile_s": per_step}
 
 
 def _steps_per_epoch(
@@ -263,6 +282,31 @@ def _notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
         notes.append(
             "GPU phases from CUDA events at every phase boundary: device work is credited "
             "to the phase that launched it, idle time to what the host was doing"
+        )
+    if probes.skip_epochs:
+        if probes.no_loader_to_skip:
+            notes.append(
+                f"--skip-epochs {probes.skip_epochs}: the cell has no training DataLoader, so "
+                "there are no epochs to skip; measured from the second training step"
+            )
+        elif not probes.measured:
+            notes.append(
+                f"--skip-epochs {probes.skip_epochs}: the training loader ran only "
+                f"{probes.skipped_epochs + (1 if probes._idle_trained else 0)} epoch(s), so "
+                "no epoch was left to measure"
+            )
+        else:
+            notes.append(
+                f"skipped {probes.skipped_epochs} epoch(s) unmeasured (--skip-epochs); "
+                "this is the next one"
+            )
+    notes.extend(probes.notes)
+    comp = prof.compile
+    if comp and comp.get("compiles"):
+        notes.append(
+            f"torch.compile: {comp['compile_s']:.2f} s compiling in {comp['compiles']} "
+            f"compile(s), {comp['recompiles']} recompile(s), {comp['graph_breaks']} graph "
+            "break(s); compile time stays in the phase it happened in"
         )
     if probes.loader_name is not None and not probes.named_loader_seen:
         notes.append(f"--loader {probes.loader_name}: no loader of that name was iterated")

@@ -6,6 +6,18 @@ while the run goes on (only those already complete, so nothing waits) and at
 the end, after one ``synchronize()``. :mod:`epochmagic.devicetime` turns the
 markers into device-true phases.
 
+A reading is on the hot path of every step, so events are pooled per device
+and re-recorded with ``cudaEventRecord`` from torch's own libcudart on the
+raw current stream (2.7 us per record on an H200, against 12.5 us for
+``Event.record()``, most of which is building the current ``Stream``); torch's
+``Event`` still does ``query`` and ``elapsed_time`` on the same handle. Where
+that path is missing or fails, torch records.
+
+Completion times are host times: an anchor event recorded on the drained
+device completes at once, so the host time read right after it is its device
+time; a second such event at the end measures the offset the device's timer
+drifted by, which is taken out linearly.
+
 Synchronising calls are found with torch's own sync debug mode
 (``torch.cuda.set_sync_debug_mode("warn")``): it warns on every ``.item()``,
 ``.cpu()``, ``print(tensor)``, blocking copy and the like. The warning is
@@ -19,6 +31,8 @@ it starts, which makes the host's wait in it exact.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import re
 import sys
 import threading
 import time
@@ -27,11 +41,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from epochmagic.devicetime import DeviceTime
+from epochmagic.devicetime import DeviceTime, drift_corrected
 
 SYNC_MESSAGE = "called a synchronizing CUDA operation"
-RESOLVE_BACKLOG = 4096  # pending events before completed ones are resolved mid-run
+POOL_BATCH = 1024  # events made at the start and whenever a device's pool runs dry
 REANCHOR_S = 10.0  # elapsed_time is float32 milliseconds: keep differences short
+CALIBRATE_S = 5e-6  # an end offset above this is taken out of the completion times
+
+Item = tuple[int, Any, list[Any]]  # (raw cudaEvent_t or 0, torch Event, its device's pool)
 
 
 class DeviceClock(Protocol):
@@ -74,26 +91,50 @@ class CudaClock:
 
     name = "cuda"
 
-    def __init__(self, host: Callable[[], float] = time.perf_counter, api: Any = None) -> None:
-        """``api``: the ``torch`` module (tests pass a stand-in for its CUDA calls)."""
+    def __init__(
+        self,
+        host: Callable[[], float] = time.perf_counter,
+        api: Any = None,
+        cudart: Callable[[], Any] | None = None,
+    ) -> None:
+        """``api``: the ``torch`` module (tests pass a stand-in for its CUDA
+        calls); ``cudart``: returns torch's loaded libcudart or None
+        (default :func:`find_cudart`; tests pass a stand-in)."""
         if api is None:
             import torch as api
         torch = api
+        c = getattr(torch, "_C", None)
         self._torch = torch
         self._event = torch.cuda.Event
         self._capturing = getattr(
-            getattr(torch, "_C", None),
-            "_cuda_isCurrentStreamCapturing",
-            torch.cuda.is_current_stream_capturing,
+            c, "_cuda_isCurrentStreamCapturing", torch.cuda.is_current_stream_capturing
         )
-        self._record: Callable[[Any], None] | None = None  # the fast path, once checked
+        self._device: Callable[[], int] = (
+            getattr(c, "_cuda_getDevice", None)
+            or getattr(torch.cuda, "current_device", None)
+            or _device_zero
+        )
+        self._raw_stream: Callable[[int], int] = (
+            getattr(c, "_cuda_getCurrentRawStream", None) or _no_raw_stream
+        )
+        self._cudart = cudart if cudart is not None else find_cudart
+        self._lib: Any = None
+        self._lib_looked_up = False
+        self._record: Callable[[Any], None] | None = None  # torch's fast path, once checked
+        self._raw: Callable[[int, int], int] | None = None  # cudaEventRecord, once checked
+        self._chosen = False
+        self.record_note: str | None = None  # why readings are not on the cudart path
+        self.clock_offset_s: float | None = None  # device minus host clock at the end
         self.host = host
         self.hosts: list[float] = []
-        self.done: list[float | None] = []
-        self._pending: deque[tuple[int, Any]] = deque()
-        self._pool: list[Any] = []
+        self.done: list[float | None] = []  # resolved in order; as long as hosts at the end
+        self._pending: deque[Item] = deque()
+        self._pools: dict[int, list[Item]] = {}
         self._anchor: Any = None
         self._anchor_t = 0.0
+        self._start_t = 0.0
+        self._started = False  # the clock started during this run
+        self._base_bytes = 0  # allocated when it did: earlier cells' tensors
         self.error: str | None = None
         self._lock = threading.Lock()
         self._initialized = torch.cuda.is_initialized
@@ -101,32 +142,101 @@ class CudaClock:
         self._watching = False
         self._debug_before: int | None = None
 
+    @property
+    def record_path(self) -> str | None:
+        """How readings are recorded: "cudart", "stream" (torch's record on a
+        cached ``Stream``) or "event" (``Event.record()``); None before a start."""
+        if not self._chosen:
+            return None
+        return "cudart" if self._raw is not None else "stream" if self._record else "event"
+
     # -- the hot path ---------------------------------------------------------------
     def now(self) -> float:
+        """Host time, and a marker on the current stream (every probe reads it)."""
         t = self.host()
         if self._anchor is None:
             if not self._waiting or not self._initialized():
                 return t  # nothing can run on the device yet
             with self._lock:
                 if self._waiting:
-                    self._start()  # the cell brought CUDA up (moved a model there)
+                    self._start(base=False)  # the cell brought CUDA up (moved a model there)
             if self._anchor is None:
                 return t
             t = self.host()
         if self._capturing():
             return t  # inside CUDA graph capture: no events there
         with self._lock:  # autograd's device thread reads the clock too (--modules)
-            ev = self._pool.pop() if self._pool else self._event(enable_timing=True)
-            if self._record is not None:
-                self._record(ev)
+            dev = self._device()
+            try:
+                item = self._pools[dev].pop()
+            except (KeyError, IndexError):
+                item = self._refill(dev)
+            raw = self._raw
+            if raw is not None:
+                try:
+                    rc: int | None = raw(item[0], self._raw_stream(dev))
+                except Exception:  # noqa: BLE001 (never into the user's cell)
+                    rc = -1
             else:
-                ev.record()
-            self._pending.append((len(self.hosts), ev))
+                rc = None
+            if rc != 0 and not self._record_slow(item, rc):
+                return t
+            self._pending.append(item)
             self.hosts.append(t)
-            self.done.append(None)
-            if len(self._pending) > RESOLVE_BACKLOG:
-                self._resolve(final=False)
         return t
+
+    def _record_slow(self, item: Item, rc: int | None) -> bool:
+        """Record through torch; ``rc``: what a failed cudaEventRecord returned
+        (the rest of the run then records through torch). False: no marker."""
+        if rc is not None:
+            self._drop_raw(f"cudaEventRecord returned {rc} mid-run")
+        try:
+            self._torch_record(item[1])
+        except Exception:  # noqa: BLE001 (a broken context: finish() says so)
+            return False
+        return True
+
+    def _refill(self, dev: int) -> Item:
+        """A device's pool ran dry: recycle the events that completed, and
+        make a batch when that freed few (the device lags the host)."""
+        pool = self._pools.setdefault(dev, [])
+        with contextlib.suppress(RuntimeError):  # a device error: finish() reports it
+            self._resolve(final=False)
+        if len(pool) <= POOL_BATCH // 4:
+            pool.extend([self._new_item(pool) for _ in range(POOL_BATCH)])
+        return pool.pop()
+
+    def _new_item(self, pool: list[Item]) -> Item:
+        ev = self._event(enable_timing=True)
+        if self._raw is not None:
+            try:
+                return self._materialised(ev, pool)
+            except Exception as e:  # noqa: BLE001 (torch records from here on)
+                self._drop_raw(f"creating an event failed: {_describe(e)}")
+        return (0, ev, pool)
+
+    def _materialised(self, ev: Any, pool: list[Item]) -> Item:
+        """torch creates the CUDA event at its first record: record once
+        through torch, then the raw handle can be re-recorded."""
+        self._torch_record(ev)
+        handle = int(ev.cuda_event)
+        if not handle:
+            raise RuntimeError("the event has no CUDA handle")
+        return (handle, ev, pool)
+
+    def _torch_record(self, ev: Any) -> None:
+        if self._record is not None:
+            try:
+                self._record(ev)
+                return
+            except Exception as e:  # noqa: BLE001 (a changed private API: the public one)
+                self._record = None
+                self.record_note = f"stream record failed: {_describe(e)}"
+        ev.record()
+
+    def _drop_raw(self, why: str) -> None:
+        self._raw = None
+        self.record_note = why
 
     # -- run boundaries ---------------------------------------------------------------
     def begin(self) -> None:
@@ -136,29 +246,111 @@ class CudaClock:
         self.hosts.clear()
         self.done.clear()
         self._pending.clear()
+        self._pools.clear()
         self.error = None
+        self.clock_offset_s = None
+        self._started = False
+        self._base_bytes = 0
+        self._chosen = False
         self._waiting = True
         if self._initialized():
-            self._start()
+            self._start(base=True)
 
-    def _start(self) -> None:
-        """Drain the device once; an anchor event recorded on the idle device
-        completes at once, so its host time is its device time."""
+    def _start(self, base: bool) -> None:
+        """Drain the device, pick the record path (its checks synchronise, so
+        before the anchor), then record the anchor on the idle device.
+        ``base``: CUDA was up before the run, so tensors of earlier cells may
+        be allocated (else nothing was)."""
         self._waiting = False
         cuda = self._torch.cuda
         try:
             cuda.synchronize()
             cuda.reset_peak_memory_stats()  # the run's own peak
+            self._base_bytes = int(cuda.memory_allocated()) if base else 0
+            self._started = True
+            self._choose_path()
             if self._watching:
                 self._debug_before = cuda.get_sync_debug_mode()
                 cuda.set_sync_debug_mode("warn")
-            anchor = self._event(enable_timing=True)
-            anchor.record()
+            anchor, anchor_t = self._record_idle()
         except RuntimeError as e:  # a broken context: the cell will say why
             self.error = _describe(e)
             return
+        self._anchor, self._anchor_t, self._start_t = anchor, anchor_t, anchor_t
+
+    def _choose_path(self) -> None:
+        """The cheapest record path that works here, checked once per run; the
+        device's pool is filled here, outside the cell's timing."""
         self._record = _checked(stream_recorder(self._torch), self._event)
-        self._anchor, self._anchor_t = anchor, self.host()
+        self._chosen = True
+        self.record_note = None
+        self._raw = self._cudart_record()
+        dev = self._device()
+        pool = self._pools.setdefault(dev, [])
+        pool.extend([self._new_item(pool) for _ in range(POOL_BATCH)])  # materialised for cudart
+        if self._raw is not None:
+            self._check_raw(self._raw, dev, pool)
+
+    def _cudart_record(self) -> Callable[[int, int], int] | None:
+        """``cudaEventRecord`` of torch's libcudart, or None (``record_note`` says why)."""
+        try:
+            self._raw_stream(self._device())
+        except Exception:  # noqa: BLE001 (torch without the private name)
+            self.record_note = "no torch._C._cuda_getCurrentRawStream"
+            return None
+        if not self._lib_looked_up:
+            self._lib_looked_up = True
+            try:
+                self._lib = self._cudart()
+            except Exception:  # noqa: BLE001
+                self._lib = None
+        try:
+            record: Callable[[int, int], int] = self._lib.cudaEventRecord
+        except AttributeError as e:
+            self.record_note = "torch's libcudart not found" if self._lib is None else _describe(e)
+            return None
+        return record
+
+    def _check_raw(self, record: Callable[[int, int], int], dev: int, pool: list[Item]) -> None:
+        """Keep the cudart path if two events recorded through it on the
+        current stream complete with a valid elapsed time. Synchronising on
+        the second also drains the pool's first records before the anchor."""
+        try:
+            pair = [pool.pop(), pool.pop()]
+            for handle, _, _ in pair:
+                rc = record(handle, self._raw_stream(dev))
+                if rc != 0:
+                    self._drop_raw(f"cudaEventRecord returned {rc}")
+                    return
+            first, second = pair[0][1], pair[1][1]
+            second.synchronize()
+            if not (first.query() and second.query()) or first.elapsed_time(second) < 0:
+                self._drop_raw("events recorded through cudart did not complete")
+                return
+        except Exception as e:  # noqa: BLE001 (a changed API: torch records)
+            self._drop_raw(_describe(e))
+            return
+        pool.extend(pair)
+
+    def _record_idle(self) -> tuple[Any, float]:
+        """An event recorded on the drained device by the run's path, and the
+        host time right after: it completes within microseconds (erring
+        early is safe: a completion is never taken before its record)."""
+        dev = self._device()
+        pool = self._pools.setdefault(dev, [])
+        item = pool.pop() if pool else self._new_item(pool)
+        raw = self._raw
+        ok = False
+        if raw is not None:
+            try:
+                ok = raw(item[0], self._raw_stream(dev)) == 0
+            except Exception:  # noqa: BLE001 (torch records from here on)
+                ok = False
+            if not ok:
+                self._drop_raw("cudaEventRecord failed on the idle device")
+        if not ok:
+            self._torch_record(item[1])
+        return item[1], self.host()
 
     def finish(self) -> DeviceTime | None:
         self._waiting = False
@@ -167,33 +359,52 @@ class CudaClock:
         try:
             self._torch.cuda.synchronize()
             self._resolve(final=True)
+            self._calibrate()
         except RuntimeError as e:  # a device-side error: keep the host timeline
             self.error = _describe(e)
             return None
         finally:
             self._anchor = None
             self._pending.clear()
-            self._pool.clear()
+            self._pools.clear()
         return DeviceTime.from_markers(self.hosts, self.done)
+
+    def _calibrate(self) -> None:
+        """Compare the clocks once more on the drained device: what the end
+        event's computed completion exceeds the host time by is the offset the
+        run accumulated (timer drift); take it out linearly from the anchor."""
+        try:
+            ev, h = self._record_idle()
+            ev.synchronize()
+            d = self._anchor_t + self._anchor.elapsed_time(ev) / 1000.0
+        except Exception:  # noqa: BLE001 (another device current now: no calibration)
+            return
+        self.clock_offset_s = offset = d - h
+        if abs(offset) > CALIBRATE_S:
+            self.done = drift_corrected(self.done, self._start_t, d, offset)
 
     def _resolve(self, final: bool) -> None:
         """Completion times of the pending events, oldest first; mid-run only
-        those already complete (``query`` never blocks)."""
-        while self._pending:
-            i, ev = self._pending[0]
+        those already complete (``query`` never blocks). Resolved events go
+        back to their device's pool."""
+        pending, done = self._pending, self.done
+        while pending:
+            item = pending[0]
+            ev = item[1]
             if not final and not ev.query():
                 break
-            self._pending.popleft()
+            pending.popleft()
             try:
                 d = self._anchor_t + self._anchor.elapsed_time(ev) / 1000.0
             except RuntimeError:  # recorded on another device, or never ran
-                self._pool.append(ev)
+                item[2].append(item)
+                done.append(None)
                 continue
-            self.done[i] = d
+            done.append(d)
             if d - self._anchor_t > REANCHOR_S:
-                self._anchor, self._anchor_t = ev, d
+                self._anchor, self._anchor_t = ev, d  # not reused while it anchors
             else:
-                self._pool.append(ev)
+                item[2].append(item)
 
     # -- syncs, memory ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -244,7 +455,10 @@ class CudaClock:
         return bool(t.is_cuda)
 
     def used(self) -> bool:
-        return self._torch.cuda.max_memory_allocated() > 0  # peak was reset at the start
+        """The clock started in this run and the peak (reset then) rose above
+        what was allocated then: tensors earlier cells left on the device do
+        not make a CPU cell look like a GPU one."""
+        return self._started and self._torch.cuda.max_memory_allocated() > self._base_bytes
 
     def describe(self) -> dict[str, Any]:
         cuda = self._torch.cuda
@@ -266,7 +480,71 @@ class CudaClock:
                 "cudnn": bool(backends.cudnn.allow_tf32),
                 "float32_matmul_precision": self._torch.get_float32_matmul_precision(),
             },
+            "record_path": self.record_path,  # how readings were recorded
+            "record_note": self.record_note,  # why not through cudart
+            "clock_offset_s": self.clock_offset_s,  # device vs host clock at the end
         }
+
+
+def time_readings(clock: DeviceClock, n: int = 1000) -> float:
+    """Seconds per reading of a started clock (benchmarks). Up to the pool's
+    size this is the hot path alone; beyond it, the resolution of completed
+    events (``query`` + ``elapsed_time``) is amortised into it."""
+    now = clock.now
+    t0 = time.perf_counter()
+    for _ in range(n):
+        now()
+    return (time.perf_counter() - t0) / n
+
+
+_CUDART = re.compile(r"/libcudart[^/\s]*\.so[^/\s]*$")
+_MAJOR = re.compile(r"\.so\.(\d+)")
+
+
+def cudart_path(maps: str, cuda_version: str | None = None) -> str | None:
+    """The libcudart mapped into this process, from ``/proc/self/maps`` text;
+    of several, one of torch's CUDA major version (a stray one from another
+    package would not be torch's runtime)."""
+    paths: list[str] = []
+    for line in maps.splitlines():
+        fields = line.split(None, 5)
+        path = fields[5] if len(fields) == 6 else ""
+        if _CUDART.search(path) and path not in paths:  # a replaced file: "... (deleted)"
+            paths.append(path)
+    if cuda_version:
+        major = cuda_version.split(".")[0]
+        for path in paths:
+            found = _MAJOR.search(path.rsplit("/", 1)[-1])
+            if found and found.group(1) == major:
+                return path
+    return paths[0] if paths else None
+
+
+def find_cudart(maps: str = "/proc/self/maps") -> Any:
+    """torch's own libcudart, already loaded once CUDA is up (``CDLL`` of a
+    loaded path returns it), with ``cudaEventRecord`` declared; else None."""
+    try:
+        with open(maps) as f:
+            text = f.read()
+        torch = sys.modules.get("torch")
+        path = cudart_path(text, getattr(getattr(torch, "version", None), "cuda", None))
+        if path is None:
+            return None
+        lib = ctypes.CDLL(path)
+        record = lib.cudaEventRecord
+    except (OSError, AttributeError):
+        return None
+    record.argtypes = [ctypes.c_void_p, ctypes.c_void_p]  # cudaEvent_t, cudaStream_t
+    record.restype = ctypes.c_int  # cudaError_t
+    return lib
+
+
+def _device_zero() -> int:
+    return 0
+
+
+def _no_raw_stream(device: int) -> int:
+    raise AttributeError("torch._C._cuda_getCurrentRawStream")
 
 
 def stream_recorder(torch: Any) -> Callable[[Any], None] | None:

@@ -129,6 +129,19 @@ def busy_intervals(
     return out
 
 
+def drift_corrected(
+    done: Sequence[float | None], start: float, end: float, offset: float
+) -> list[float | None]:
+    """``done`` less an error that grew linearly from 0 at ``start`` to
+    ``offset`` at ``end``: the device's timer drifts against the host clock,
+    and a few dozen microseconds of it make every segment look lagging (busy)."""
+    span = end - start
+    if span <= 0:
+        return list(done)
+    rate = offset / span
+    return [None if d is None else d - (d - start) * rate for d in done]
+
+
 def overlap(
     intervals: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]]
 ) -> float:

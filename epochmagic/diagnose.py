@@ -13,7 +13,7 @@ import math
 import statistics
 
 from epochmagic import datafindings, gpufindings
-from epochmagic.figures import epoch, flop, in_steps, ms
+from epochmagic.figures import epoch, flop, in_steps, ms, step_times_without_compile
 from epochmagic.profile import EpochProfile, Finding
 from epochmagic.timeline import warmup_count
 
@@ -34,6 +34,11 @@ THRESHOLDS: dict[str, tuple[float, str]] = {
     ),
     "eval_share": (0.20, "evaluation share of the epoch"),
     "warmup_share": (0.05, "extra time of the warm-up steps over the steady median"),
+    "compile_share": (
+        0.05,
+        "torch.compile seconds in the epoch worth naming, as for warm-up (any recompile is "
+        "named: it repeats whenever its shapes come back)",
+    ),
     "precision_compute": (0.30, "forward+backward share worth a precision change"),
     "precision_flops": (
         1e8,
@@ -117,7 +122,8 @@ def python_overhead(prof: EpochProfile) -> Finding | None:
 
 
 def step_time_growth(prof: EpochProfile) -> Finding | None:
-    times = prof.step_times[warmup_count(prof.step_times) :]
+    times = step_times_without_compile(prof)
+    times = times[warmup_count(times) :]
     if len(times) < 12:
         return None
     q = len(times) // 4
@@ -197,11 +203,12 @@ def eval_heavy(prof: EpochProfile) -> Finding | None:
 
 
 def warmup(prof: EpochProfile) -> Finding | None:
-    w = warmup_count(prof.step_times)
+    times = step_times_without_compile(prof)
+    w = warmup_count(times)
     if not w:
         return None
-    steady = statistics.median(prof.step_times[w:])
-    extra = sum(max(0.0, x - steady) for x in prof.step_times[:w])
+    steady = statistics.median(times[w:])
+    extra = sum(max(0.0, x - steady) for x in times[:w])
     if prof.config.get("workers"):
         extra = max(0.0, extra - datafindings.startup_excess(prof))  # that is `worker_startup`'s
     share = extra / epoch(prof)
@@ -216,6 +223,57 @@ def warmup(prof: EpochProfile) -> Finding | None:
         {},
         "",
     )
+
+
+def compile_cost(prof: EpochProfile) -> Finding | None:
+    """torch.compile's first-epoch cost and its recompiles (design.md §6)."""
+    comp = prof.compile or {}
+    seconds = float(comp.get("compile_s") or 0.0)
+    recompiles = int(comp.get("recompiles") or 0)
+    share = seconds / epoch(prof)
+    if not comp.get("compiles") or (share < t("compile_share") and not recompiles):
+        return None
+    reasons = list(dict.fromkeys(comp.get("recompile_reasons") or []))
+    breaks = int(comp.get("graph_breaks") or 0)
+    detail = (
+        f"torch.compile compiled {comp['compiles']} time(s) in this epoch, {seconds:.2f} s "
+        f"({share:.0%} of it); later epochs reuse the compiled code and do not pay it"
+        + (" unless their shapes are new" if recompiles else "")
+        + ". %%epochprofile --skip-epochs 1 measures an epoch without it."
+    )
+    if recompiles:
+        detail += f" {recompiles} recompile(s)" + (
+            ": " + "; ".join(r.replace("\n", " ")[:200] for r in reasons[:3]) if reasons else ""
+        )
+        detail += "."
+    if breaks:
+        detail += (
+            f" {breaks} graph break(s) split the compiled code"
+            + (
+                f" (first: {next(iter(comp.get('graph_break_reasons') or {}))})"
+                if comp.get("graph_break_reasons")
+                else ""
+            )
+            + "."
+        )
+    shapes = any("size" in r or "shape" in r or "mismatch" in r for r in reasons)
+    if recompiles and (shapes or not reasons):
+        fix = (
+            "DataLoader(..., drop_last=True)  # a smaller last batch is a new shape\n"
+            "# or compile for varying shapes: model = torch.compile(model, dynamic=True)\n"
+            "# or mark the batch dimension: torch._dynamo.mark_dynamic(xb, 0)"
+        )
+    elif recompiles:
+        fix = "keep what the failing guard checks constant between calls (see the reasons)"
+    else:
+        fix = (
+            "paid once per process: keep the kernel running between experiments; "
+            "mode='max-autotune' compiles longer for faster steps"
+        )
+    title = f"torch.compile took {seconds:.2f} s of this epoch"
+    if recompiles:
+        title += f", with {recompiles} recompile(s)"
+    return Finding("compile", title, detail, share, {}, fix)
 
 
 def hardware(prof: EpochProfile) -> Finding | None:
@@ -270,13 +328,15 @@ def model_compute(prof: EpochProfile) -> Finding | None:
     flops = ev.get("flops_per_step")
     if flops:
         compute_s = (in_steps(prof, "forward") + in_steps(prof, "backward")) / prof.steps
-        bits.append(f"~{flop(flops)} per step (forward x 3)")
+        bits.append(f"~{flop(flops)} per step (forward + backward, as counted)")
         gpu = prof.gpu or {}
         if gpu.get("mfu") is not None:
             bits.append(
                 f"model FLOP utilisation {gpu['mfu']:.1%}: {flop(gpu['achieved_flops'])}/s over "
-                f"the steps against {flop(gpu['peak_flops'])}/s ({gpu['peak_source']})"
+                f"the steady steps against {flop(gpu['peak_flops'])}/s ({gpu['peak_source']})"
             )
+        elif gpu.get("mfu_note"):
+            bits.append(f"no model FLOP utilisation: {gpu['mfu_note']}")
         elif compute_s > 0:
             achieved = flops / compute_s
             bits.append(f"{flop(achieved)}/s achieved in forward+backward")
@@ -339,6 +399,7 @@ RULES = [
     memory_growth,
     optimizer_step,
     eval_heavy,
+    compile_cost,
     warmup,
     hardware,
     *gpufindings.RULES,

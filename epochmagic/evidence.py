@@ -1,15 +1,18 @@
 """Facts about the model, optimizer, data and machine that the findings cite.
 
 Collected once after the measured run, outside the timed region, without a
-training step on the user's model: FLOPs come from one forward in eval mode
-under ``no_grad`` on random inputs shaped like the first training batch, with
-the RNG and train/eval flags put back.
+training step on the user's model: FLOPs come from one forward with grad
+enabled and one ``torch.autograd.grad`` over the trainable parameters (never
+``.grad``), in eval mode, on random inputs shaped like the first training
+batch, with the RNG and train/eval flags put back.
 """
 
 from __future__ import annotations
 
 import bisect
 import random
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -38,14 +41,17 @@ def collect(run: Any, loader: Any, data_share: float) -> dict[str, Any]:
         "loading": _loading(loader, data_share),
         "cpu_bf16": _cpu_has_bf16(),
         "cuda_available": torch.cuda.is_available(),
-        "flops_per_step": _flops(probes.first_call),
         "flops_batch": _batch_of(probes.first_call),
+        "param_dtype": _param_dtype(roots),
         "grad_scaler": (any(probes.scalers.values()) if probes.scalers else None),
         "peak_flops": None,
         "transform": type(getattr(getattr(loader, "dataset", None), "transform", None)).__name__
         if getattr(getattr(loader, "dataset", None), "transform", None) is not None
         else None,
     }
+    counted = _flops(probes.first_call)
+    ev["flops_forward"], ev["flops_backward"] = counted or (None, None)
+    ev["flops_per_step"] = sum(counted) if counted else None
     if probes.module_spans:
         ev["module_forward_s"] = _module_times(probes, roots)
         ev["module_backward_s"] = _backward_times(probes, roots)
@@ -79,7 +85,7 @@ def _loading(loader: Any, data_share: float) -> dict[str, float] | None:
     return cost
 
 
-_PEAK: dict[str, float | None] = {}
+_PEAK: dict[str, float] = {}
 
 
 def peak_flops(device: str = "cpu", seconds: float = 0.1) -> float | None:
@@ -87,9 +93,8 @@ def peak_flops(device: str = "cpu", seconds: float = 0.1) -> float | None:
     per process), the yardstick for the model's achieved FLOP/s."""
     import time
 
-    if device in _PEAK:
+    if device in _PEAK:  # only measurements are kept: a failed probe may succeed later
         return _PEAK[device]
-    _PEAK[device] = None
 
     n = 512
     try:
@@ -104,7 +109,7 @@ def peak_flops(device: str = "cpu", seconds: float = 0.1) -> float | None:
             torch.cuda.synchronize()
         _PEAK[device] = 2 * n**3 * runs / (time.perf_counter() - t0)
     except RuntimeError:
-        pass
+        return None
     return _PEAK[device]
 
 
@@ -199,13 +204,18 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _flops(first_call: Any) -> float | None:
-    """Forward FLOPs of one batch times 3 (forward + backward ~ 3 forwards)."""
+def _flops(first_call: Any) -> tuple[float, float] | None:
+    """(forward, backward) FLOPs of one training step on the first batch's shape,
+    counted as it runs: grad enabled, so a ``no_grad`` region or frozen layers
+    get no backward, and ``autograd.grad`` over the trainable parameters, which
+    leaves their ``.grad`` alone. In eval mode (no running-stat updates, no
+    dropout); any failure means no count."""
     if first_call is None:
         return None
     module, args, kwargs, names = first_call
     from torch.utils.flop_counter import FlopCounterMode
 
+    module = _unwrap(module)
     state = (random.getstate(), torch.get_rng_state())
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     flags = [(m, m.training) for m in module.modules()]
@@ -213,9 +223,24 @@ def _flops(first_call: Any) -> float | None:
         fake_args = [_fake(a) for a in args]
         fake_kwargs = dict(zip(names, [_fake(v) for v in kwargs]))
         module.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module(*fake_args, **fake_kwargs)
-        return float(counter.get_total_flops()) * 3
+        params = [p for p in module.parameters() if p.requires_grad]
+        # the counter's global module hooks make torch warn about compiled submodules
+        with warnings.catch_warnings(), _eager(), torch.enable_grad():
+            warnings.simplefilter("ignore")
+            counter = FlopCounterMode(display=False)
+            with counter:
+                out = module(*fake_args, **fake_kwargs)
+                forward = float(counter.get_total_flops())
+                outputs = _grad_outputs(out, set())
+                del out
+                if outputs and params:
+                    scalar = outputs[0].sum().float()
+                    for t in outputs[1:]:  # outputs may sit on several devices
+                        scalar = scalar + t.sum().float().to(scalar.device)
+                    del outputs
+                    torch.autograd.grad(scalar, params, allow_unused=True)
+                backward = float(counter.get_total_flops()) - forward
+        return forward, backward
     except Exception:  # noqa: BLE001 (an input we cannot fake: no FLOP count, no harm)
         return None
     finally:
@@ -225,6 +250,85 @@ def _flops(first_call: Any) -> float | None:
         torch.set_rng_state(state[1])
         if cuda_state is not None:  # random inputs on the GPU advance its generator
             torch.cuda.set_rng_state_all(cuda_state)
+
+
+def _unwrap(module: Any) -> Any:
+    """The module that does the work: a ``torch.compile``'d module called in
+    eval mode would recompile, and DDP/DataParallel wrappers would communicate."""
+    for _ in range(8):
+        inner = getattr(module, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module) and type(module).__name__ in (
+            "DistributedDataParallel",
+            "DataParallel",
+        ):
+            inner = getattr(module, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        module = inner
+    return module
+
+
+def _eager() -> Any:
+    """Compiled submodules run eagerly: compiling them for the count would cost
+    a recompile and change what the user's model has cached."""
+    import contextlib
+    import sys
+
+    stance = getattr(torch.compiler, "set_stance", None)
+    # nothing can be compiled before dynamo is imported, and importing it costs ~1 s
+    if stance is None or "torch._dynamo" not in sys.modules:
+        return contextlib.nullcontext()
+    try:
+        return stance("force_eager")
+    except Exception:  # noqa: BLE001 (an older torch: count as it comes)
+        return contextlib.nullcontext()
+
+
+def _grad_outputs(out: Any, seen: set[int], depth: int = 0) -> list[torch.Tensor]:
+    """The floating-point tensors that need a gradient in a forward's output:
+    tensors, tuples, lists, dicts and objects holding tensors (ModelOutput)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.requires_grad and out.is_floating_point() else []
+    if depth > 6 or id(out) in seen or isinstance(out, (str, bytes, torch.nn.Module)):
+        return []
+    seen.add(id(out))
+    if isinstance(out, Mapping):
+        items: Any = out.values()
+    elif isinstance(out, (list, tuple)):
+        items = out
+    elif hasattr(out, "__dict__") and not isinstance(out, type):
+        items = vars(out).values()
+    else:
+        return []
+    found: dict[int, torch.Tensor] = {}
+    for item in items:
+        for t in _grad_outputs(item, seen, depth + 1):
+            found.setdefault(id(t), t)
+    return list(found.values())
+
+
+DTYPE_NAMES = {
+    torch.float32: "fp32",
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.float64: "fp64",
+}
+
+
+def _param_dtype(roots: list[Any]) -> str | None:
+    """The dtype most of the model's floating-point weights are in: without
+    autocast, the one its matmuls ran in (``model.to(torch.bfloat16)``)."""
+    sizes: dict[torch.dtype, int] = {}
+    seen: set[int] = set()
+    for root in roots:
+        for p in root.parameters():
+            if id(p) not in seen and p.is_floating_point():
+                seen.add(id(p))
+                sizes[p.dtype] = sizes.get(p.dtype, 0) + p.numel()
+    if not sizes:
+        return None
+    top = max(sizes, key=lambda d: sizes[d])
+    return DTYPE_NAMES.get(top, str(top).replace("torch.", ""))
 
 
 def _batch_of(first_call: Any) -> int | None:

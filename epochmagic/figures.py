@@ -12,6 +12,15 @@ def epoch(prof: EpochProfile) -> float:
     return prof.wall_s or 1.0
 
 
+def step_times_without_compile(prof: EpochProfile) -> list[float]:
+    """Step times less the torch.compile seconds inside each step: compile time
+    is the `compile` finding's, never also warm-up or growth."""
+    per_step = (prof.compile or {}).get("step_compile_s") or []
+    if len(per_step) != len(prof.step_times):
+        return list(prof.step_times)
+    return [max(0.0, t - c) for t, c in zip(prof.step_times, per_step)]
+
+
 def in_steps(prof: EpochProfile, phase: str) -> float:
     return sum(sp.get(phase, 0.0) for sp in prof.step_phases)
 

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 from epochmagic.devicetime import overlap
-from epochmagic.timeline import Timeline
+from epochmagic.timeline import Timeline, steady_median
 
 # Dense datasheet peaks (no structured sparsity), TFLOP/s: fp32, tf32, bf16/fp16.
 # Matched against torch.cuda.get_device_name() in this order.
@@ -60,6 +60,8 @@ def fields(tl: Timeline, device: dict[str, Any]) -> dict[str, Any]:
         "free_bytes": device.get("free_bytes"),
         "flops_per_step": None,
         "mfu": None,
+        "mfu_note": None,  # why there is no MFU though the FLOPs were counted
+        "matmul_dtype": None,  # the precision the peak is taken in
         # beyond design.md's list: what the findings cite
         "idle_in_steps_share": (
             max(0.0, 1.0 - busy_in_steps / in_steps) if in_steps and timed else None
@@ -108,39 +110,88 @@ def _source(filename: str, lineno: int) -> str:
 
 # -- model FLOP utilisation -------------------------------------------------------------
 def utilisation(gpu: dict[str, Any] | None, prof: Any) -> None:
-    """Fill ``flops_per_step`` and ``mfu``: the model's FLOPs per step (forward x 3,
-    scaled to this run's batch) times steps per second, over the card's peak
-    for the precision it ran in."""
+    """Fill ``flops_per_step`` and ``mfu``: the model's FLOPs per step (forward +
+    backward as counted, scaled to this run's batch) over the steady step time,
+    against the card's peak in the precision the matmuls ran in. Above 100 %
+    the count or the peak does not match what ran: no MFU, a note instead."""
     if gpu is None:
         return
     ev = prof.evidence
     flops = ev.get("flops_per_step")
-    in_steps = sum(prof.step_times)
-    if not flops or not in_steps or not prof.steps:
+    step_s = steady_step_s(prof)
+    if not flops or not step_s or not prof.steps:
         return
     counted_at = ev.get("flops_batch")
     batch = prof.config.get("batch_size")
     if counted_at and batch and batch != counted_at:
         flops = flops * batch / counted_at
-    achieved = flops * prof.steps / in_steps
-    tf32 = bool((gpu.get("tf32") or {}).get("matmul"))
-    peak, source = peak_flops(gpu.get("name") or "", prof.config.get("precision", "fp32"), tf32)
-    gpu.update(flops_per_step=flops, achieved_flops=achieved, peak_flops=peak, peak_source=source)
-    gpu["mfu"] = achieved / peak if peak else None
+    achieved = flops / step_s
+    dtype = matmul_dtype(prof.config.get("precision") or "fp32", ev.get("param_dtype"), gpu)
+    peak, source = peak_flops(gpu.get("name") or "", dtype, dtype == "tf32")
+    if source and dtype != (prof.config.get("precision") or "fp32") and dtype != "tf32":
+        source += f"; the weights are {dtype}"
+    gpu.update(
+        flops_per_step=flops,
+        achieved_flops=achieved,
+        peak_flops=peak,
+        peak_source=source,
+        matmul_dtype=dtype,
+        mfu_note=None,
+    )
+    mfu = achieved / peak if peak else None
+    if mfu is not None and mfu > 1.0:
+        gpu["mfu_note"] = (
+            f"counted FLOPs imply {mfu:.0%} of the peak: the count or the peak "
+            "does not match what ran"
+        )
+        mfu = None
+    gpu["mfu"] = mfu
+
+
+def steady_step_s(prof: Any) -> float | None:
+    """Median step time without the warm-up steps (first kernel selection,
+    autocast caches) nor the compile seconds inside a step, where recorded."""
+    times = [float(t) for t in prof.step_times]
+    compiled = getattr(prof, "compile", None)
+    per_step = compiled.get("step_compile_s") if isinstance(compiled, dict) else None
+    if isinstance(per_step, list) and len(per_step) == len(times):
+        times = [max(0.0, t - float(c or 0.0)) for t, c in zip(times, per_step)]
+    step_s = steady_median(times)
+    return step_s if step_s and step_s > 0 else None
+
+
+def matmul_dtype(precision: str, param_dtype: str | None, gpu: dict[str, Any]) -> str:
+    """ "fp32", "tf32", "bf16" or "fp16": autocast's precision, else that of
+    bf16/fp16 weights, else fp32 with TF32 where torch allows it."""
+    if precision in ("bf16", "fp16"):
+        return precision
+    if param_dtype in ("bf16", "fp16"):
+        return param_dtype
+    tf32 = gpu.get("tf32") or {}
+    allowed = bool(tf32.get("matmul")) or tf32.get("float32_matmul_precision") in (
+        "high",
+        "medium",
+    )
+    return "tf32" if precision == "fp32" and allowed else precision
 
 
 def peak_flops(name: str, precision: str, tf32: bool) -> tuple[float | None, str | None]:
-    """The card's peak for this precision: its datasheet, else a matmul probe."""
+    """The card's peak for this precision ("tf32" or fp32 with ``tf32``): its
+    datasheet, else a matmul probe."""
+    tf32 = tf32 or precision == "tf32"
     sheet = datasheet(name)
     if sheet is not None:
         fp32, tf, half = sheet
         if precision in ("bf16", "fp16"):
-            value = half
+            value, label = half, precision
+        elif tf32 and tf is not None:
+            value, label = tf, "tf32"
         else:
-            value = tf if tf32 and tf is not None else fp32
-        return value * 1e12, f"{name} datasheet (dense)"
-    measured = matmul_probe(precision, tf32)
-    return measured, ("measured: large matmul on this GPU" if measured else None)
+            value, label = fp32, "fp32"
+        return value * 1e12, f"{name} datasheet, dense {label.upper()}"
+    label = precision if precision in ("bf16", "fp16") else ("tf32" if tf32 else "fp32")
+    measured = matmul_probe(label, tf32)
+    return measured, (f"measured: large {label.upper()} matmul on this GPU" if measured else None)
 
 
 def datasheet(name: str) -> tuple[float, float | None, float] | None:
@@ -151,18 +202,18 @@ def datasheet(name: str) -> tuple[float, float | None, float] | None:
     return None
 
 
-_PROBED: dict[tuple[str, bool], float | None] = {}
+_PROBED: dict[tuple[str, bool], float] = {}
 
 
 def matmul_probe(precision: str, tf32: bool, n: int = 4096, seconds: float = 0.2) -> float | None:
-    """FLOP/s of a large matmul on the current GPU in this precision (once per
-    process); a practical peak for cards the table does not know."""
+    """FLOP/s of a large matmul on the current GPU in this precision (kept once
+    measured; a failure is tried again next time); a practical peak for cards
+    the table does not know. TF32 is as the run left it."""
     import torch
 
     key = (precision, tf32)
     if key in _PROBED:
         return _PROBED[key]
-    _PROBED[key] = None
     if not torch.cuda.is_available():
         return None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
@@ -179,8 +230,10 @@ def matmul_probe(precision: str, tf32: bool, n: int = 4096, seconds: float = 0.2
             if runs % 10 == 0:
                 torch.cuda.synchronize()
         torch.cuda.synchronize()
-        _PROBED[key] = 2 * n**3 * runs / (time.perf_counter() - t0)
+        measured = 2 * n**3 * runs / (time.perf_counter() - t0)
         del a, b
-    except RuntimeError:
-        pass
-    return _PROBED[key]
+    except Exception:  # noqa: BLE001 (out of memory, a busy or lost device: no peak this time)
+        return None
+    if measured > 0:
+        _PROBED[key] = measured
+    return measured or None

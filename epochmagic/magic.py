@@ -36,6 +36,7 @@ VALUE_OPTIONS = {
     "--batch-size",
     "--workers",
     "--precision",
+    "--skip-epochs",
 }
 FLAG_OPTIONS = {"--text", "--no-lines", "--modules", "-h", "--help"}
 EXPORT_SUFFIXES = (".trace.json", ".json", ".html")
@@ -57,6 +58,14 @@ class EpochMagics(Magics):
         metavar="S",
         help="stop at the next step boundary after S seconds (default: 60 when the "
         "cell has no DataLoader, none otherwise)",
+    )
+    @argument(
+        "--skip-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="let the first N epochs run unmeasured (probes idle) and measure the next one: "
+        "compilation and warm-up make the first epoch unlike the rest",
     )
     @argument(
         "--loader",
@@ -136,6 +145,7 @@ class EpochMagics(Magics):
             workers=args.workers,
             precision=args.precision,
             modules=args.modules,
+            skip_epochs=args.skip_epochs,
         )
 
 
@@ -169,6 +179,8 @@ def _validate(args: Any) -> None:
     for opt, value in (("-o/--out", args.out), ("--loader", args.loader)):
         if value is not None and (not value.isidentifier() or keyword.iskeyword(value)):
             raise UsageError(f"{opt}: {value!r} is not a valid variable name")
+    if args.skip_epochs < 0:
+        raise UsageError(f"--skip-epochs must be 0 or more, got {args.skip_epochs}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.workers is not None and args.workers < 0:
@@ -196,6 +208,7 @@ def profile_source(
     workers: int | None = None,
     precision: str | None = None,
     modules: bool = False,
+    skip_epochs: int = 0,
 ) -> EpochProfile:
     """Run ``source`` once under the probes, report, and re-raise its error."""
     __tracebackhide__ = True  # noqa: F841
@@ -209,6 +222,7 @@ def profile_source(
             max_seconds=max_seconds,
             loader_name=loader,
             time_modules=modules,
+            skip_epochs=skip_epochs,
             **first.hooks(),
         )
     prof = build_profile(run, cell, shell.user_ns)
@@ -224,7 +238,12 @@ def profile_source(
         if note:
             prof.notes.append(note)
     pending: BaseException | None = run.exc
-    if lines and run.status == "ok" and prof.steps:
+    if lines and run.status == "ok" and prof.steps and prof.compile is not None:
+        prof.notes.append(
+            "no line attribution: the cell runs compiled code (torch.compile), and a traced "
+            "re-run would compile it again (--no-lines hides this note)"
+        )
+    elif lines and run.status == "ok" and prof.steps:
         from epochmagic.lines import attribute_lines
 
         try:

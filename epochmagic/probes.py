@@ -20,19 +20,27 @@ Why these probes, and not others:
 * ``_BaseDataLoaderIter.__next__`` is the one place every DataLoader iterator
   hands out a batch; ``DataLoader.__iter__`` is where a pass (and its worker
   start-up) begins.
+* Compiled code (``torch.compile``) never runs a probe: every wrapper steps
+  aside while dynamo traces it and its own frame is never compiled
+  (:mod:`epochmagic.patching`); where compiled code runs is marked from
+  outside (:mod:`epochmagic.compilewatch`).
+* ``--skip-epochs N``: the probes stay idle (no events, no clock readings, no
+  global hooks) and only count the training loader's passes until pass N+1
+  starts; measuring begins there.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import torch
 import torch.optim.optimizer as optim_mod
+from torch.compiler import is_compiling
 from torch.utils.data import DataLoader
 from torch.utils.data import dataloader as dl_mod
 
@@ -44,7 +52,9 @@ from epochmagic.batches import (
     non_blocking,
     signature,
 )
+from epochmagic.compilewatch import CompileWatch
 from epochmagic.cudaclock import DeviceClock, caller_outside
+from epochmagic.patching import Patches
 from epochmagic.recorder import MemoryReader, Pass, Recorder
 
 DEFAULT_NO_LOADER_SECONDS = 60.0
@@ -100,6 +110,8 @@ class Probes:
         on_step: Callable[[int], None] | None = None,
         time_modules: bool = False,
         device: DeviceClock | None = None,
+        skip_epochs: int = 0,
+        on_measure: Callable[[], None] | None = None,
     ) -> None:
         self.rec = rec
         self.device = device  # CUDA markers and sync detection, None on the CPU
@@ -145,11 +157,25 @@ class Probes:
         self._bwd_depth = 0
         self._opt_depth = 0
         self._main = threading.get_ident()
+        # --skip-epochs: passes of the training loader still to run unmeasured
+        self.skip_epochs = skip_epochs
+        self.skipped_epochs = 0
+        self.idle = skip_epochs > 0
+        self.measured = not self.idle  # measuring began (at once, or after skipped epochs)
+        self.on_measure = on_measure  # starts the clocks when measuring begins
+        self._idle_passes: dict[int, frozenset[tuple[str, int]]] = {}
+        self._idle_current: frozenset[tuple[str, int]] | None = None
+        self._idle_trained: set[tuple[str, int]] = set()
+        self.no_loader_to_skip = False  # --skip-epochs on a loop without a training loader
         # Wrappers someone captured during the run (a bound __call__ in a
         # torch.compile'd module, `from torch.autograd import backward`) pass
         # straight through once the run is over.
         self.active = False
-        self._stack = ExitStack()
+        self.patches = Patches()
+        self.compile_watch = CompileWatch(
+            self.patches, rec.clock, self._on_compiled_code, self._on_dynamo
+        )
+        self.notes: list[str] = []
         self._patched_classes: dict[type, Any] = {}
         self._discovery: list[Any] = []
         self._mem = MemoryReader()
@@ -157,37 +183,28 @@ class Probes:
 
     # -- install / remove -------------------------------------------------
     def __enter__(self) -> Probes:
-        self.active = True
+        self.active = not self.idle
         try:
             self._install()
         except BaseException:
-            self._stack.close()
+            self.active = False
+            self.patches.close()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.active = False
+        self.idle = False
         try:
-            self._stack.close()
+            self.patches.close()
         finally:
             self._mem.close()
             self.passes.clear()
+            self._idle_passes.clear()
 
     def _patch(self, owner: Any, name: str, wrapper: Any) -> Any:
         """Replace ``owner.name`` and register its exact restoration."""
-        had_own = name in vars(owner)
-        original_own = vars(owner).get(name)
-        original = getattr(owner, name)
-
-        def restore() -> None:
-            if had_own:
-                setattr(owner, name, original_own)
-            else:
-                delattr(owner, name)
-
-        setattr(owner, name, wrapper)
-        self._stack.callback(restore)
-        return original
+        return self.patches.replace(owner, name, wrapper)
 
     def _install(self) -> None:
         self._install_loader()
@@ -200,9 +217,35 @@ class Probes:
         for value in list(self.user_ns.values()):
             if isinstance(value, torch.nn.Module):
                 self._adopt_root_class(type(value))
+        self.compile_watch.recording = not self.idle
+        self.compile_watch.install()
+        if not self.idle:
+            self._install_global_hooks()
+
+    def _install_global_hooks(self) -> None:
+        """Global module hooks: root discovery until the first training step,
+        and ``--modules``. Not while epochs are skipped: they slow every
+        module call."""
         self._start_discovery()
         if self.time_modules:
             self._install_module_timing()
+
+    def _on_dynamo(self, config: Any) -> None:
+        """Dynamo is loaded: with its hook guards on (not the default), hidden
+        global hooks would make it recompile at every call, so none stay."""
+        if getattr(config, "skip_nnmodule_hook_guards", True):
+            return
+        self._end_discovery()
+        if self.time_modules:
+            self.time_modules = False
+            self.notes.append(
+                "--modules was switched off: torch._dynamo.config.skip_nnmodule_hook_guards "
+                "is False, so global module hooks would make compiled code recompile"
+            )
+
+    def _on_compiled_code(self, entering: bool) -> None:
+        if self.active:
+            self.rec.mark(r.CMP_ENTER if entering else r.CMP_EXIT)
 
     def _install_module_timing(self) -> None:
         """``--modules``: every submodule's forward, inclusive, by module. It
@@ -213,11 +256,13 @@ class Probes:
         stack: list[float] = []
 
         def pre(module: Any, args: Any) -> None:
+            if is_compiling():
+                return
             if threading.get_ident() == probes._main:
                 stack.append(clock())
 
         def post(module: Any, args: Any, output: Any) -> None:
-            if threading.get_ident() != probes._main or not stack:
+            if is_compiling() or threading.get_ident() != probes._main or not stack:
                 return
             # raw clock times, not durations: on CUDA they move to device time
             probes.module_spans.append((stack.pop(), clock(), id(module)))
@@ -239,10 +284,8 @@ class Probes:
 
                 output.register_hook(mark)
 
-        h1 = mm.register_module_forward_pre_hook(pre)
-        h2 = mm.register_module_forward_hook(post, always_call=True)
-        self._stack.callback(h1.remove)
-        self._stack.callback(h2.remove)
+        self.patches.hook(mm.register_module_forward_pre_hook(pre), module_hook=True)
+        self.patches.hook(mm.register_module_forward_hook(post, always_call=True), module_hook=True)
 
     # -- data -----------------------------------------------------------------
     def _install_loader(self) -> None:
@@ -252,8 +295,14 @@ class Probes:
         rec = self.rec
 
         def __iter__(loader: Any) -> Any:
-            if not probes.active or threading.get_ident() != probes._main:
+            if is_compiling() or threading.get_ident() != probes._main:
                 return orig_iter(loader)
+            if not probes.active:
+                if not probes.idle or not probes._idle_iter(loader):
+                    it = orig_iter(loader)
+                    if probes.idle:
+                        probes._idle_passes[id(it)] = probes._keys_for(loader)
+                    return it
             keys = probes._keys_for(loader)
             probes._depth = 0
             if probes.stopped is not None or keys & probes.trained_keys:
@@ -271,7 +320,11 @@ class Probes:
             return it
 
         def __next__(it: Any) -> Any:
-            if not probes.active or threading.get_ident() != probes._main:
+            if is_compiling() or threading.get_ident() != probes._main:
+                return orig_next(it)
+            if not probes.active:
+                if probes.idle:
+                    probes._idle_current = probes._idle_passes.get(id(it))
                 return orig_next(it)
             p = probes.passes.get(id(it))
             if p is None or p.iterator is not it:
@@ -325,6 +378,39 @@ class Probes:
                 keys = keys | frozenset({("named", 0)})
         return keys
 
+    # -- --skip-epochs --------------------------------------------------------
+    def _idle_iter(self, loader: Any) -> bool:
+        """A pass starts while epochs are skipped; True when it is the one to
+        measure (the training loader's pass N+1)."""
+        keys = self._keys_for(loader)
+        if not keys & self._idle_trained:
+            return False
+        self.skipped_epochs += 1
+        if self.skipped_epochs < self.skip_epochs:
+            return False
+        self._begin_measuring()
+        return True
+
+    def _idle_trained_step(self) -> None:
+        """A backward finished while idle: its loader pass is the training
+        loader's. Without one there are no epochs to skip: measuring starts at
+        the next step boundary (the optimizer's step, else the next backward)."""
+        if self._idle_current is not None:
+            self._idle_trained |= self._idle_current
+        elif not self._idle_trained:
+            self.no_loader_to_skip = True
+
+    def _begin_measuring(self) -> None:
+        self.idle = False
+        self.measured = True
+        self._idle_passes.clear()
+        if self.on_measure is not None:
+            self.on_measure()
+        self.compile_watch.recording = True
+        self.compile_watch.reset_baseline()
+        self.active = True
+        self._install_global_hooks()
+
     # -- modules ------------------------------------------------------------
     def _adopt_root_class(self, cls: type) -> None:
         if cls in self._patched_classes:
@@ -334,7 +420,12 @@ class Probes:
         rec = self.rec
 
         def __call__(module: Any, *args: Any, **kwargs: Any) -> Any:
-            if probes._depth or not probes.active or threading.get_ident() != probes._main:
+            if (
+                is_compiling()
+                or probes._depth
+                or not probes.active
+                or threading.get_ident() != probes._main
+            ):
                 return original(module, *args, **kwargs)
             probes._depth = 1
             probes._enter_forward(module, args, kwargs)
@@ -348,7 +439,7 @@ class Probes:
                 rec.mark(r.FWD_EXIT, module)
 
         try:
-            self._patch(cls, "__call__", __call__)
+            self.patches.replace(cls, "__call__", __call__, hide=True)
         except (TypeError, AttributeError):  # extension types refuse class attributes
             return
         self._patched_classes[cls] = original
@@ -400,13 +491,18 @@ class Probes:
                 warnings.filters.remove(entry)  # type: ignore[attr-defined]
                 warnings._filters_mutated()  # type: ignore[attr-defined]
 
-        self._stack.callback(forget_filter)
+        self.patches.on_close(forget_filter)
         probes = self
         rec = self.rec
         mm = torch.nn.modules.module
 
         def pre(module: Any, args: Any) -> None:
-            if probes._depth or not probes.active or threading.get_ident() != probes._main:
+            if (
+                is_compiling()
+                or probes._depth
+                or not probes.active
+                or threading.get_ident() != probes._main
+            ):
                 return
             probes._depth = 1
             probes._discovering = module
@@ -417,6 +513,8 @@ class Probes:
                 probes._discovery_ctx.__enter__()
 
         def post(module: Any, args: Any, output: Any) -> None:
+            if is_compiling():
+                return
             if getattr(probes, "_discovering", None) is module and probes._depth == 1:
                 probes._discovering = None
                 probes._depth = 0
@@ -427,16 +525,16 @@ class Probes:
 
         self._discovering: Any = None
         self._discovery_ctx: Any = None
-        handles = [
-            mm.register_module_forward_pre_hook(pre),
-            mm.register_module_forward_hook(post, always_call=True),
+        self._discovery = [
+            self.patches.hook(mm.register_module_forward_pre_hook(pre), module_hook=True),
+            self.patches.hook(
+                mm.register_module_forward_hook(post, always_call=True), module_hook=True
+            ),
         ]
-        self._discovery = handles
-        self._stack.callback(self._end_discovery)
 
     def _end_discovery(self) -> None:
         for h in self._discovery:
-            h.remove()
+            self.patches.forget_module_hook(h)
         self._discovery = []
 
     # -- backward -----------------------------------------------------------
@@ -445,8 +543,22 @@ class Probes:
 
         def wrap(original: Any) -> Any:
             def backward(*args: Any, **kwargs: Any) -> Any:
-                if not probes.active or threading.get_ident() != probes._main:
+                if is_compiling() or threading.get_ident() != probes._main:
                     return original(*args, **kwargs)
+                if not probes.active and probes.idle and probes.no_loader_to_skip:
+                    if probes._bwd_depth == 0:
+                        probes._begin_measuring()  # a backward-clocked loop's step starts
+                if not probes.active:
+                    if not probes.idle:
+                        return original(*args, **kwargs)
+                    outer = probes._bwd_depth == 0
+                    probes._bwd_depth += 1
+                    try:
+                        return original(*args, **kwargs)
+                    finally:
+                        probes._bwd_depth -= 1
+                        if outer:
+                            probes._idle_trained_step()
                 outer = probes._bwd_depth == 0
                 if outer:
                     probes._before_backward()
@@ -500,44 +612,57 @@ class Probes:
         rec = self.rec
 
         def pre(opt: Any, args: Any, kwargs: Any) -> None:
-            if not probes.active or threading.get_ident() != probes._main:
+            if is_compiling() or not probes.active or threading.get_ident() != probes._main:
                 return
             probes._opt_depth += 1
             probes.optimizers.setdefault(id(opt), opt)
             rec.mark(r.OPT_ENTER, opt)
 
         def post(opt: Any, args: Any, kwargs: Any) -> None:
-            if not probes.active or threading.get_ident() != probes._main:
+            if is_compiling() or threading.get_ident() != probes._main:
+                return
+            if not probes.active:
+                if probes.idle and probes.no_loader_to_skip:
+                    probes._begin_measuring()  # after this step
                 return
             probes._opt_depth -= 1
             rec.mark(r.OPT_EXIT, opt)
             probes._after_step(opt)
 
-        h1 = optim_mod.register_optimizer_step_pre_hook(pre)
-        h2 = optim_mod.register_optimizer_step_post_hook(post)
-        self._stack.callback(h1.remove)
-        self._stack.callback(h2.remove)
+        self.patches.hook(optim_mod.register_optimizer_step_pre_hook(pre))
+        self.patches.hook(optim_mod.register_optimizer_step_post_hook(post))
 
         def wrap_zero(original: Any) -> Any:
+            # torch runs Optimizer.zero_grad with dynamo disabled (a graph break
+            # in compiled code); ours is disabled the same way, through the
+            # same decorator, so dynamo sees the very code it guards on.
+            inner: Any = getattr(original, "__wrapped__", None)
+            disabled = inner is not None and hasattr(torch, "_disable_dynamo")
+            call: Any = inner if disabled else original
+
             def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
-                if not probes.active or threading.get_ident() != probes._main:
-                    return original(obj, *args, **kwargs)
+                if is_compiling() or not probes.active or threading.get_ident() != probes._main:
+                    return call(obj, *args, **kwargs)
                 rec.mark(r.ZERO_ENTER)
                 try:
-                    return original(obj, *args, **kwargs)
+                    return call(obj, *args, **kwargs)
                 finally:
                     rec.mark(r.ZERO_EXIT)
 
+            if disabled:  # named as torch's, so a graph break there reads the same
+                return torch._disable_dynamo(functools.wraps(inner)(zero_grad))
             return zero_grad
 
         self._patch(torch.optim.Optimizer, "zero_grad", wrap_zero(torch.optim.Optimizer.zero_grad))
-        self._patch(torch.nn.Module, "zero_grad", wrap_zero(torch.nn.Module.zero_grad))
+        self.patches.replace(
+            torch.nn.Module, "zero_grad", wrap_zero(torch.nn.Module.zero_grad), drop=True
+        )
 
         scaler_cls = torch.amp.GradScaler
         original_scaler_step = scaler_cls.step
 
         def scaler_step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
-            if not probes.active:
+            if is_compiling() or not probes.active:
                 return original_scaler_step(scaler, optimizer, *args, **kwargs)
             before = len(rec.events)
             probes.scalers[id(scaler)] = bool(scaler.is_enabled())
@@ -572,11 +697,13 @@ class Probes:
         def wrap(original: Any) -> Any:
             def move(t: Any, *args: Any, **kwargs: Any) -> Any:
                 if (
-                    t.device.type != "cpu"
+                    is_compiling()
+                    or t.device.type != "cpu"
                     or not probes.active
                     or threading.get_ident() != probes._main
                 ):
                     return original(t, *args, **kwargs)
+                at = len(rec.events)  # the enter goes here, before anything the copy records
                 t0 = rec.clock()
                 probes._in_transfer = True
                 try:
@@ -584,7 +711,7 @@ class Probes:
                 finally:
                     probes._in_transfer = False
                 if isinstance(out, torch.Tensor) and out.device.type != "cpu":
-                    rec.events.append((t0, r.XFER_ENTER, None, None))
+                    rec.events.insert(at, (t0, r.XFER_ENTER, None, None))
                     rec.mark(r.XFER_EXIT)
                     size = t.numel() * t.element_size()
                     tally = probes.transfers
@@ -612,11 +739,13 @@ class Probes:
             if probes.active:
                 rec.mark(r.SYNC, None, (filename, lineno, probes._in_transfer))
 
-        self._stack.enter_context(device.watch_syncs(on_sync))
+        self.patches.enter(device.watch_syncs(on_sync))
         original_item = torch.Tensor.item
         on_device = device.tensor_on_device
 
         def item(t: Any) -> Any:
+            if is_compiling():
+                return original_item(t)
             if probes.active and on_device(t) and threading.get_ident() == probes._main:
                 rec.clock()
             return original_item(t)
@@ -628,7 +757,7 @@ class Probes:
         original_sync = torch.cuda.synchronize
 
         def synchronize(*args: Any, **kwargs: Any) -> Any:
-            if not probes.active or threading.get_ident() != probes._main:
+            if is_compiling() or not probes.active or threading.get_ident() != probes._main:
                 return original_sync(*args, **kwargs)
             before = len(rec.events)
             rec.clock()  # the wait inside is exact, as for .item()

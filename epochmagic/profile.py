@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `compile`
 PHASES = ("data", "transfer", "forward", "backward", "optimizer", "eval", "other")
 
 
@@ -80,6 +80,11 @@ class EpochProfile:
     cell: str = ""  # source of the profiled cell
     cpu_s: float | None = None  # process CPU seconds during the run (all threads)
     evidence: dict[str, Any] = field(default_factory=dict)  # what the findings cite
+    # torch.compile during the run, as deltas of torch's own counters (None when
+    # nothing compiled and no compiled code ran): compile_s, compiles,
+    # recompiles, graph_breaks, recompile_reasons, graph_break_reasons,
+    # compiled_calls, and step_compile_s (compile seconds inside each step)
+    compile: dict[str, Any] | None = None
 
     # -- derived -------------------------------------------------------------
     @property

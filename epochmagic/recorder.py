@@ -25,6 +25,7 @@ XFER_ENTER, XFER_EXIT = 14, 15  # a host-to-device Tensor.to / .cuda
 MEM = 16  # a memory sample (bytes)
 SCALER_SKIP = 17  # GradScaler.step skipped the optimizer (inf/nan gradients)
 SYNC = 18  # a call that waited for the device returned: (filename, lineno, in a copy)
+CMP_ENTER, CMP_EXIT = 19, 20  # compiled code (torch.compile) runs in between
 
 PHASE_OF_ENTER = {
     ITER_ENTER: "data",
@@ -34,6 +35,7 @@ PHASE_OF_ENTER = {
     OPT_ENTER: "optimizer",
     ZERO_ENTER: "optimizer",
     XFER_ENTER: "transfer",
+    CMP_ENTER: "forward",  # what the probes cannot see inside compiled code
 }
 EXIT_OF_ENTER = {
     ITER_ENTER: ITER_EXIT,
@@ -43,6 +45,7 @@ EXIT_OF_ENTER = {
     OPT_ENTER: OPT_EXIT,
     ZERO_ENTER: ZERO_EXIT,
     XFER_ENTER: XFER_EXIT,
+    CMP_ENTER: CMP_EXIT,
 }
 ENTER_OF_EXIT = {v: k for k, v in EXIT_OF_ENTER.items()}
 ENTER_OF_EXIT[NEXT_STOP] = NEXT_ENTER

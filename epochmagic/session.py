@@ -49,6 +49,8 @@ class RunResult:
     iterators: list[Any] = field(default_factory=list)
     cpu_s: float = 0.0  # process CPU time during the run
     device: DeviceClock | None = None  # the CUDA clock the run was timed with
+    compile: dict[str, Any] | None = None  # torch.compile during the run (compilewatch)
+    compile_intervals: list[tuple[float, float]] = field(default_factory=list)
 
 
 def compile_cell(shell: Any, source: str, magic_line: str | None = None) -> Cell:
@@ -106,11 +108,19 @@ def run_cell(
     autocast: Any = None,
     on_step: Any = None,
     time_modules: bool = False,
+    skip_epochs: int = 0,
 ) -> RunResult:
     """Execute the cell once under the probes; never lets a probe outlive it."""
     __tracebackhide__ = True  # noqa: F841  (IPython hides this frame in tracebacks)
     clock = cudaclock.make_clock()
     rec = Recorder(clock=clock.now) if clock is not None else Recorder()
+
+    def measure() -> None:
+        """Start the clocks: at the cell's start, or after --skip-epochs."""
+        if clock is not None:
+            clock.begin()
+        rec.begin()
+
     probes = Probes(
         rec,
         max_steps=max_steps,
@@ -122,15 +132,18 @@ def run_cell(
         on_step=on_step,
         time_modules=time_modules,
         device=clock,
+        skip_epochs=skip_epochs,
+        on_measure=measure,
     )
     status, reason = "ok", "end"
     exc: BaseException | None = None
     output = None
     with _captured() if capture else contextlib.nullcontext() as cap:
         with probes:
-            if clock is not None:
-                clock.begin()
-            rec.begin()
+            if skip_epochs:
+                rec.begin()  # host time only: the device clock starts with the measured epoch
+            else:
+                measure()
             try:
                 if tracer is not None:
                     with tracer:
@@ -152,6 +165,8 @@ def run_cell(
                 rec.finish()
                 device_time = clock.finish() if clock is not None else None
             iterators = [p.iterator for p in probes.passes.values() if p.iterator is not None]
+            compiled = probes.compile_watch.result()
+            intervals = list(probes.compile_watch.intervals)
     if reason == "end" and probes.stopped is not None:
         # code the cell called caught StopCell and returned normally (Ignite's
         # EXCEPTION_RAISED handlers, a bare ``except:``): the stop still happened
@@ -161,6 +176,7 @@ def run_cell(
     end = probes.stop_time if probes.stop_time is not None else rec.end
     if device_time is not None:
         end = to_device_time(rec, probes, device_time, end)
+        intervals = [(device_time.at(a), device_time.at(b)) for a, b in intervals]
     timeline = analyse(
         rec.events,
         rec.start,
@@ -182,6 +198,8 @@ def run_cell(
         iterators,
         rec.cpu_end - rec.cpu_start,
         clock,
+        compiled,
+        intervals,
     )
 
 

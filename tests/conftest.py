@@ -68,6 +68,9 @@ def instrumentation_state() -> dict[str, Any]:
             for c in _module_classes()
             if getattr(vars(c).get("__call__"), "__module__", "").startswith("epochmagic")
         ),
+        "dynamo": _dynamo_state(),
+        # patched until the cell first compiles; a library may wrap it on import
+        "torch.compile is ours": _ours(torch.compile),
         "trace": sys.gettrace(),
         "showwarning": warnings.showwarning,  # syncs are found through torch's warnings
         "our_warning_filters": [
@@ -79,13 +82,35 @@ def instrumentation_state() -> dict[str, Any]:
     }
 
 
+def _ours(fn: Any) -> bool:
+    return getattr(fn, "__module__", "").startswith("epochmagic") or "CompileWatch" in getattr(
+        fn, "__qualname__", ""
+    )
+
+
+def _dynamo_state() -> tuple[bool, int]:
+    """Whether dynamo's eval-frame setter is ours, and how many of our compile
+    callbacks are registered (nothing when dynamo was never imported)."""
+    if "torch._dynamo.callback" not in sys.modules:
+        return (False, 0)
+    from torch._dynamo import eval_frame
+    from torch._dynamo.callback import callback_handler
+
+    callbacks = [*callback_handler.start_callbacks, *callback_handler.end_callbacks]
+    return (
+        _ours(getattr(eval_frame, "_maybe_set_eval_frame", None)),
+        sum(1 for c in callbacks if _ours(c)),
+    )
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_instrumentation():
     """Fail any test that leaves a hook, patch or tracer installed."""
     before = instrumentation_state()
     yield
     after = instrumentation_state()
-    assert after == before, "epochmagic left instrumentation installed"
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert not changed, f"epochmagic left instrumentation installed: {changed}"
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +119,14 @@ def shell():
 
     ip = start_ipython()
     ip.run_cell("%load_ext epochmagic", store_history=True)
-    return ip
+    yield ip
+    # compiled code keeps names of its own in the namespace and deletes them
+    # when it is freed: free it while the namespace is still there
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
+    import gc
+
+    gc.collect()
 
 
 @pytest.fixture
@@ -104,7 +136,9 @@ def ip(shell):
     torch.manual_seed(0)
     yield shell
     for name in list(shell.user_ns):
-        if name not in keep:
+        # dynamo keeps names of its own in the namespace of compiled code and
+        # deletes them itself when that code is freed
+        if name not in keep and not name.startswith("__"):
             del shell.user_ns[name]
 
 

@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from epochmagic import recorder as r
-from epochmagic.devicetime import DeviceTime, busy_intervals, completion_times, overlap
+from epochmagic.devicetime import (
+    LAG_S,
+    DeviceTime,
+    busy_intervals,
+    completion_times,
+    drift_corrected,
+    overlap,
+)
 from epochmagic.gpu import fields
 from epochmagic.recorder import Pass, Recorder
 from epochmagic.session import to_device_time
@@ -224,3 +231,42 @@ def test_wait_before_a_sync_is_the_lag_of_the_marker_before_it():
     # the device had caught up: no wait
     dt = DeviceTime.from_markers([0.0, 1.0, 1.5], [0.0, 1.0, 1.5])
     assert dt.wait_before(1.5) == 0.0
+
+
+def input_bound_markers(steps: int = 10) -> tuple[list[float], list[float], float]:
+    """20 ms of loading with the device idle (its markers complete at once),
+    then 3 ms of kernels whose closing marker lags; and the busy seconds."""
+    hosts: list[float] = []
+    done: list[float] = []
+    t = 0.0
+    for _ in range(steps):
+        hosts += [t, t + 20 * MS, t + 20.05 * MS]
+        done += [t, t + 20 * MS, t + 23 * MS]
+        t += 23.1 * MS
+    return hosts, done, steps * 3 * MS
+
+
+def low_idle(hosts: list[float], done: list[float]) -> float:
+    span = [(hosts[0], done[-1])]
+    return 1 - overlap(busy_intervals(hosts, done, lag=LAG_S), span) / (done[-1] - hosts[0])
+
+
+def test_completions_shifted_late_past_lag_hide_an_input_bound_loops_idle():
+    """Why the clock's anchor must be read as it is recorded: a shift of
+    LAG_S makes every marker look lagging, so every segment counts busy."""
+    hosts, done, busy = input_bound_markers()
+    truth = 1 - busy / (done[-1] - hosts[0])
+    assert low_idle(hosts, done) == pytest.approx(truth, abs=1e-9)
+    late = [d + 2 * LAG_S for d in done]
+    assert low_idle(hosts, completion_times(hosts, late)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_drift_corrected_takes_out_a_linearly_grown_offset():
+    hosts, done, _ = input_bound_markers()
+    start, end, rate = hosts[0], done[-1] + 1 * MS, 5e-3  # the device's timer runs 0.5 % fast
+    drifted = [start + (d - start) * (1 + rate) for d in done]
+    measured_end = start + (end - start) * (1 + rate)  # the end calibration's event
+    fixed = drift_corrected(drifted, start, measured_end, measured_end - end)
+    assert fixed == pytest.approx(done, abs=1e-12)
+    assert low_idle(hosts, completion_times(hosts, fixed)) > 0.8 > low_idle(hosts, drifted)
+    assert drift_corrected([None, 1.0], 0.0, 0.0, 1.0) == [None, 1.0]  # no span: unchanged

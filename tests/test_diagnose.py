@@ -340,14 +340,21 @@ def test_precision_on_tensor_cores():
     assert "precision" not in codes(bf16)
 
 
-def test_model_flop_utilisation_against_the_datasheet():
+def test_model_flop_utilisation_against_the_datasheet(monkeypatch):
+    import torch
+
+    from epochmagic import gpu as gpumod
     from epochmagic.gpu import peak_flops, utilisation
 
-    prof = on_gpu(make(evidence={"params": 10, "flops_per_step": 1e12, "flops_batch": 32}))
+    # an unknown card is probed; with no CUDA (as on any machine, here) nothing to probe
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpumod, "_PROBED", {})
+
+    prof = on_gpu(make(evidence={"params": 10, "flops_per_step": 1e10, "flops_batch": 32}))
     utilisation(prof.gpu, prof)  # batch 64 in the run: twice the FLOPs counted at 32
     steps_s = sum(prof.step_times)
-    assert prof.gpu["flops_per_step"] == 2e12
-    assert prof.gpu["mfu"] == pytest.approx(2e12 * prof.steps / steps_s / 67e12)
+    assert prof.gpu["flops_per_step"] == 2e10
+    assert prof.gpu["mfu"] == pytest.approx(2e10 * prof.steps / steps_s / 67e12)
     assert "datasheet" in prof.gpu["peak_source"]
     f = next(f for f in diagnose(prof) if f.code == "model_compute")
     assert "model FLOP utilisation" in f.detail
@@ -357,3 +364,82 @@ def test_model_flop_utilisation_against_the_datasheet():
     assert peak_flops("NVIDIA L40S", "bf16", False)[0] == 362e12
     assert peak_flops("NVIDIA L4", "bf16", False)[0] == 121e12
     assert peak_flops("Some Future GPU", "bf16", False) == (None, None)  # no CUDA to probe here
+
+
+# -- MFU from the FLOPs that ran ------------------------------------------------------------
+def test_mfu_takes_the_peak_of_the_precision_the_matmuls_ran_in():
+    from epochmagic.gpu import utilisation
+
+    ev = {"params": 10, "flops_per_step": 1e10, "flops_batch": 64}
+    fp32 = on_gpu(make(evidence=dict(ev)))
+    utilisation(fp32.gpu, fp32)
+    assert fp32.gpu["matmul_dtype"] == "fp32" and fp32.gpu["peak_flops"] == 67e12
+    assert "FP32" in fp32.gpu["peak_source"]
+    tf32 = on_gpu(
+        make(evidence=dict(ev)), tf32={"matmul": False, "float32_matmul_precision": "high"}
+    )
+    utilisation(tf32.gpu, tf32)
+    assert tf32.gpu["matmul_dtype"] == "tf32" and tf32.gpu["peak_flops"] == 494.7e12
+    autocast = on_gpu(make(evidence=dict(ev), config={"precision": "fp16"}))
+    utilisation(autocast.gpu, autocast)
+    assert autocast.gpu["matmul_dtype"] == "fp16" and autocast.gpu["peak_flops"] == 989.4e12
+    # bf16 weights without autocast: the run's precision says fp32, the matmuls ran in bf16
+    weights = on_gpu(make(evidence={**ev, "param_dtype": "bf16"}), tf32={"matmul": True})
+    utilisation(weights.gpu, weights)
+    assert weights.gpu["matmul_dtype"] == "bf16" and weights.gpu["peak_flops"] == 989.4e12
+    assert "BF16" in weights.gpu["peak_source"] and "weights are bf16" in weights.gpu["peak_source"]
+
+
+def test_mfu_is_over_the_steady_steps():
+    from epochmagic.gpu import utilisation
+
+    times = [1.0, 0.5] + [0.01] * 18  # first-time kernel selection in the first steps
+    prof = on_gpu(make(evidence={"params": 10, "flops_per_step": 1e11}, step_times=times))
+    utilisation(prof.gpu, prof)
+    assert prof.gpu["achieved_flops"] == pytest.approx(1e11 / 0.01)
+    assert prof.gpu["mfu"] == pytest.approx(1e11 / 0.01 / 67e12)
+
+
+def test_compile_seconds_inside_steps_are_left_out():
+    from epochmagic.gpu import utilisation
+
+    prof = on_gpu(make(evidence={"params": 10, "flops_per_step": 1e11}, step_times=[0.03] * 10))
+    prof.compile = {"step_compile_s": [0.02] * 10}  # as a compiling run records them
+    utilisation(prof.gpu, prof)
+    assert prof.gpu["achieved_flops"] == pytest.approx(1e11 / 0.01)
+    prof.compile = {"step_compile_s": [0.02] * 3}  # not aligned with the steps: ignored
+    utilisation(prof.gpu, prof)
+    assert prof.gpu["achieved_flops"] == pytest.approx(1e11 / 0.03)
+
+
+def test_mfu_above_100_percent_is_a_note_not_a_number():
+    from epochmagic.gpu import utilisation
+
+    prof = on_gpu(make(evidence={"params": 10, "flops_per_step": 1.5e12}, step_times=[0.01] * 20))
+    utilisation(prof.gpu, prof)  # 150 TFLOP/s against 67 in fp32
+    assert prof.gpu["mfu"] is None
+    assert "224%" in prof.gpu["mfu_note"] and "does not match" in prof.gpu["mfu_note"]
+    f = next(f for f in diagnose(prof) if f.code == "model_compute")
+    assert "no model FLOP utilisation" in f.detail and "224%" in f.detail
+    assert "forward + backward" in f.detail
+
+
+def test_a_failed_probe_is_tried_again(monkeypatch):
+    import torch
+
+    from epochmagic import gpu as gpumod
+
+    monkeypatch.setattr(gpumod, "_PROBED", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def lost(*a, **k):
+        raise RuntimeError("CUDA error: device lost")
+
+    monkeypatch.setattr(torch, "Generator", lost)
+    assert gpumod.matmul_probe("bf16", False) is None
+    assert gpumod._PROBED == {}
+    monkeypatch.setattr(gpumod, "matmul_probe", lambda precision, tf32: 5e14)
+    assert gpumod.peak_flops("Some Future GPU", "bf16", False) == (
+        5e14,
+        "measured: large BF16 matmul on this GPU",
+    )

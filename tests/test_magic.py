@@ -268,7 +268,11 @@ def test_evidence_counts_parameters_and_flops(ip):
     ev = ip.user_ns["prof"].evidence
     model = ip.user_ns["model"]
     assert ev["params"] == sum(p.numel() for p in model.parameters())
-    # 3 x (2 x 32 x (16 x 32 + 32 x 4)) multiply-adds for a batch of 32
-    assert ev["flops_per_step"] == pytest.approx(3 * 2 * 32 * (16 * 32 + 32 * 4))
+    # a batch of 32: forward 2 x 32 x (16 x 32 + 32 x 4); backward the weight
+    # gradients of both layers and the input gradient of the second only (the
+    # batch needs none)
+    forward = 2 * 32 * (16 * 32 + 32 * 4)
+    assert ev["flops_forward"] == pytest.approx(forward)
+    assert ev["flops_per_step"] == pytest.approx(2 * forward + 2 * 32 * 32 * 4)
     assert ev["labels"] and sum(ev["labels"].values()) == 640
     assert all(m.training for m in model.modules())  # FLOPs were counted in eval mode, restored

@@ -1,0 +1,187 @@
+"""The only place the probes change torch: attributes replaced, hooks added,
+and the undo of each, run in one ``close()`` whatever happened.
+
+Two rules keep a compiled model (``torch.compile``) exactly as it runs
+without the profiler:
+
+* Every wrapper starts with ``if is_compiling(): return original(...)``, so
+  when dynamo traces through one (a patched ``Module.__call__`` of a submodule,
+  ``torch.autograd.grad`` inside a compiled function) it sees the original
+  call and nothing of ours; :func:`register_with_dynamo` also asks dynamo
+  never to compile a frame of ours when one runs eagerly inside compiled code
+  (after a graph break).
+* What dynamo would guard on when it inlines a module call is taken away
+  while it compiles and put back after (:meth:`Patches.hide`): the global
+  module hooks (with its default ``skip_nnmodule_hook_guards`` it guards
+  nothing on empty hook dicts) and the ``__call__`` patched on a root
+  module's class (without one in the class dict it calls ``forward``
+  directly, guarding only that). The compiled code then neither runs our
+  hooks nor recompiles when the patches go away. Functions dynamo guards by
+  their code when it inlines them cannot be hidden (every later call would
+  fail that guard and recompile): ``Optimizer.zero_grad`` is replaced through
+  torch's own ``_disable_dynamo``, whose code is the same for every function
+  it wraps; ``Module.zero_grad`` is dropped for the rest of the run when the
+  first compile starts; ``torch.autograd.backward``/``grad`` stay visible
+  and transparent (called directly inside compiled code, which is rare, they
+  cost one recompile after the run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+_HERE = __file__.rsplit("/", 1)[0]
+_REGISTERED: set[types.CodeType] = set()
+
+
+def register_with_dynamo() -> None:
+    """Hand every code object of epochmagic to dynamo's skip list: a frame of
+    ours that runs while dynamo's frame callback is active (a wrapper called
+    from the eager part of compiled code, a compile callback) runs as it is,
+    never traced or compiled; the frames it calls are treated as usual.
+    Called once dynamo is imported (importing it costs ~1 s: a CPU cell that
+    never compiles must not pay that); idempotent."""
+    try:
+        from torch._dynamo.eval_frame import skip_code
+    except ImportError:  # a torch without it: wrappers are traced, transparently
+        return
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "epochmagic" or name.startswith("epochmagic.")):
+            continue
+        for code in _codes(vars(module).values()):
+            if code not in _REGISTERED:
+                _REGISTERED.add(code)
+                skip_code(code)
+
+
+def _codes(values: Any) -> set[types.CodeType]:
+    """Code objects of the functions and classes among ``values``, with every
+    function, comprehension and lambda nested in them."""
+    found: set[types.CodeType] = set()
+    todo: list[Any] = list(values)
+    seen: set[int] = set()
+    while todo:
+        v = todo.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        if isinstance(v, types.CodeType):
+            if v.co_filename.startswith(_HERE):
+                found.add(v)
+                todo.extend(c for c in v.co_consts if isinstance(c, types.CodeType))
+        elif isinstance(v, (staticmethod, classmethod)):
+            todo.append(v.__func__)
+        elif isinstance(v, property):
+            todo.extend(f for f in (v.fget, v.fset, v.fdel) if f is not None)
+        elif isinstance(v, type) and v.__module__.startswith("epochmagic"):
+            todo.extend(vars(v).values())
+        elif isinstance(v, types.FunctionType):
+            todo.append(v.__code__)
+    return found
+
+
+class Patches:
+    """Replaced attributes and added hooks of one run, undone by ``close``."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._module_hooks: list[Any] = []  # handles of global module hooks
+        self._hideable: list[tuple[Any, str, Any, bool, Any]] = []  # class __call__ patches
+        self._droppable: list[Callable[[], None]] = []
+        self._hidden: list[tuple[dict[Any, Any], Any, Any]] | None = None
+
+    def replace(
+        self, owner: Any, name: str, wrapper: Any, hide: bool = False, drop: bool = False
+    ) -> Any:
+        """Set ``owner.name = wrapper``; returns the value it replaces. Undone
+        exactly: an inherited attribute is deleted again, an own one restored.
+        ``hide``: also undone while dynamo compiles. ``drop``: undone for good
+        when dynamo first compiles (a plain function it would inline and guard
+        by its code: ``Module.zero_grad``)."""
+        had_own = name in vars(owner)
+        original_own = vars(owner).get(name)
+        original = getattr(owner, name)
+
+        def restore() -> None:
+            # someone who wrapped ours during the run (lightning wraps
+            # torch.compile when it is imported) keeps their wrapper; ours
+            # passes straight through once the run is over
+            if vars(owner).get(name) is wrapper:
+                _unset(owner, name, had_own, original_own)
+
+        setattr(owner, name, wrapper)
+        self._stack.callback(restore)
+        if drop:
+            self._droppable.append(restore)
+        if hide:
+            self._hideable.append((owner, name, wrapper, had_own, original_own))
+        return original
+
+    def hook(self, handle: Any, module_hook: bool = False) -> Any:
+        """Remove ``handle`` at close; a global module hook is also hidden
+        while dynamo compiles."""
+        self._stack.callback(handle.remove)
+        if module_hook:
+            self._module_hooks.append(handle)
+        return handle
+
+    def on_close(self, undo: Callable[[], Any]) -> None:
+        self._stack.callback(undo)
+
+    def enter(self, context: Any) -> Any:
+        return self._stack.enter_context(context)
+
+    def forget_module_hook(self, handle: Any) -> None:
+        handle.remove()
+        if handle in self._module_hooks:
+            self._module_hooks.remove(handle)
+        if self._hidden is not None:
+            self._hidden = [h for h in self._hidden if h[1] != handle.id]
+
+    # -- dynamo ----------------------------------------------------------------
+    def hide(self) -> None:
+        """Take our global module hooks out of torch's dicts and the hideable
+        attribute patches off their owners, and drop the droppable ones (a
+        compile starts)."""
+        while self._droppable:
+            self._droppable.pop()()
+        if self._hidden is not None:
+            return
+        hidden: list[tuple[dict[Any, Any], Any, Any]] = []
+        for handle in self._module_hooks:
+            for ref in (handle.hooks_dict_ref, *handle.extra_dict_ref):
+                d = ref()
+                if d is not None and handle.id in d:
+                    hidden.append((d, handle.id, d.pop(handle.id)))
+        for owner, name, wrapper, had_own, original_own in self._hideable:
+            if vars(owner).get(name) is wrapper:
+                _unset(owner, name, had_own, original_own)
+        self._hidden = hidden
+
+    def show(self) -> None:
+        """Put everything back (the compile ended)."""
+        hidden, self._hidden = self._hidden, None
+        if hidden is None:
+            return
+        for d, key, value in hidden:
+            d[key] = value
+        for owner, name, wrapper, _, _ in self._hideable:
+            setattr(owner, name, wrapper)
+
+    def close(self) -> None:
+        self.show()
+        self._module_hooks.clear()
+        self._hideable.clear()
+        self._droppable.clear()
+        self._stack.close()
+
+
+def _unset(owner: Any, name: str, had_own: bool, original_own: Any) -> None:
+    if had_own:
+        setattr(owner, name, original_own)
+    elif name in vars(owner):
+        delattr(owner, name)
