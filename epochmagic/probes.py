@@ -120,7 +120,7 @@ class Probes:
         self.loader_name = loader_name
         self.user_ns = user_ns if user_ns is not None else {}
         if watch_transfers is None:
-            watch_transfers = bool(torch.accelerator.is_available())
+            watch_transfers = device is not None or bool(torch.accelerator.is_available())
         self.watch_transfers = watch_transfers
         # what-if hooks: a rebuilt loader for the training loader, an autocast
         # context around root forwards, a progress callback at step boundaries

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import difflib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import CodeType
@@ -58,6 +60,9 @@ def compile_cell(shell: Any, source: str, magic_line: str | None = None) -> Cell
 
     ``magic_line`` is the ``%%epochprofile ...`` line above a cell body: it is
     kept in the cached source so line numbers match what the user sees.
+    IPython's transforms drop leading blank lines and turn ``%magic`` lines
+    (with their continuations) into calls, so every line number of the
+    transformed code is mapped back to the line it came from.
     """
     transformed = shell.transform_cell(source) if magic_line is not None else source
     tree = shell.compile.ast_parse(transformed)
@@ -71,12 +76,61 @@ def compile_cell(shell: Any, source: str, magic_line: str | None = None) -> Cell
         source if magic_line is None else f"%%epochprofile {magic_line}".rstrip() + "\n" + source
     )
     if magic_line is not None:
-        ast.increment_lineno(tree, 1)
-    number = getattr(shell, "execution_count", 0)
+        _renumber(tree, source_lines(source, transformed), offset=1)
+    number = cell_number(shell)
     filename = shell.compile.cache(shown, number=number, raw_code=shown)
     code = shell.compile(tree, filename, "exec")
     label = f"Cell In[{number}]"
     return Cell(source=source, code=code, filename=filename, tree=tree, label=label)
+
+
+def cell_number(shell: Any) -> int:
+    """The prompt number of the cell that called the magic: the number IPython
+    compiled that cell under. ``execution_count`` is not it: IPython 9
+    increments it before the cell runs, IPython 8 after."""
+    fmap = getattr(shell.compile, "_filename_map", {})
+    frame = sys._getframe(1)
+    while frame is not None:
+        number = fmap.get(frame.f_code.co_filename)
+        if number is not None:
+            return int(number)
+        frame = frame.f_back
+    return int(getattr(shell, "execution_count", 0))
+
+
+def source_lines(raw: str, transformed: str) -> list[int]:
+    """For each line of ``transformed`` (1-based, index 0 unused), the line of
+    ``raw`` it came from: lines are matched by their stripped text, and a
+    rewritten block (a ``%magic`` line and its continuations made one call)
+    maps to the block's first raw line."""
+    a = [line.strip() for line in raw.splitlines()]
+    b = [line.strip() for line in transformed.splitlines()]
+    out: list[int | None] = [None] * len(b)
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        for k in range(j2 - j1):
+            if tag == "equal":
+                out[j1 + k] = i1 + k
+            elif tag == "replace":
+                out[j1 + k] = min(i1 + k, i2 - 1) if j2 - j1 == i2 - i1 else i1
+    mapped, last = [0], 0
+    for value in out:
+        last = value if value is not None else last
+        mapped.append(last + 1)
+    return mapped
+
+
+def _renumber(tree: ast.AST, lines: list[int], offset: int) -> None:
+    """Give every node the raw line it came from, ``offset`` lines down."""
+
+    def at(n: int) -> int:
+        return (lines[n] if 0 < n < len(lines) else n) + offset
+
+    for node in ast.walk(tree):
+        if hasattr(node, "lineno") and node.lineno is not None:
+            node.lineno = at(node.lineno)
+        if getattr(node, "end_lineno", None) is not None:
+            node.end_lineno = max(node.lineno, at(node.end_lineno))
 
 
 def _has_top_level_await(tree: ast.AST) -> bool:

@@ -9,6 +9,7 @@ re-timing, timeline, report, findings) is the code that runs on CUDA.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -300,3 +301,56 @@ for i, (xb, yb) in enumerate(train_loader):
     assert not dev.watching
     prof = ip.user_ns["prof"]
     assert prof.status == "error" and prof.gpu is not None and prof.steps == 4
+
+
+def test_a_sync_after_leading_blank_lines_is_found_at_its_own_line(ip, dev):
+    """The cell body starts with a blank line (IPython drops it before
+    compiling): the sync must still be reported at `seen = dev.item(loss)`,
+    not at the line above it."""
+    run(ip, HEAVY)
+    run(ip, LOOP.replace("--no-lines\n", "--no-lines\n\n"))
+    site = ip.user_ns["prof"].gpu["sync_sites"][0]
+    assert site["source"] == "seen = dev.item(loss)"
+    assert site["lineno"] == 6  # the magic line, the blank line, then the loop's four
+
+
+def test_a_blocking_pageable_copy_is_transfer_not_other(ip, dev, monkeypatch):
+    """``xb.to(device)`` without non_blocking from pageable memory: the host
+    waits for the queued forward, then for the copy itself; torch's sync debug
+    mode reports it while the copy runs (before the probe could record where
+    the copy began). The copy's time is ``transfer``; the wait for the
+    forward's kernels is ``forward``; nothing of it is ``other``."""
+    import torch
+
+    from epochmagic.cudaclock import caller_outside
+
+    original_to = torch.Tensor.to
+
+    def to(t, *args, **kwargs):  # "meta" stands in for the GPU
+        if args and args[0] == "meta":
+            dev.stream.wait()  # a pageable copy waits for everything queued
+            dev.stream.launch(0.004)  # then 4 ms of copying on the device
+            dev.stream.wait()
+            if dev.on_sync is not None:
+                dev.on_sync(*caller_outside(sys._getframe(1)))
+        return original_to(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    run(ip, HEAVY.replace("OnDevice(0.02)", "OnDevice(0.008)"))
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines
+for xb, yb in train_loader:
+    staged = xb.to("meta")
+    loss = loss_fn(model(xb), yb)
+    opt.zero_grad(); loss.backward(); opt.step()
+""",
+    )
+    prof = ip.user_ns["prof"]
+    check_phases(prof)
+    per_step = {k: sum(sp[k] for sp in prof.step_phases) / prof.steps for k in prof.phases}
+    assert per_step["transfer"] >= 0.0035  # the 4 ms copy
+    assert per_step["forward"] >= 0.007  # the 8 ms of kernels the copy waited for
+    assert per_step["other"] < 0.002
+    assert prof.gpu["blocking_copies_per_step"] == pytest.approx(1.0)
+    assert prof.gpu["transfer"]["copies"] == prof.steps

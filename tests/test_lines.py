@@ -118,3 +118,78 @@ def test_traced_steps_stay_within_a_tenth_of_the_epoch():
     assert traced_steps(prof) == 5  # 1 s budget / (0.1 s x 2 for tracing)
     prof = EpochProfile(wall_s=1.0, steps=2, step_times=[0.5] * 2, step_starts_s=[0.0])
     assert traced_steps(prof) == 2  # never more than the epoch had
+
+
+ODD_CELL = """%%epochprofile -o prof --text
+
+# a comment, then a line magic and a continued statement
+%time _ = 1
+for xb, yb in loader:
+    out = net(
+        xb)
+    loss = nn.functional.cross_entropy(out, yb) \\
+        * 1.0
+    adam.zero_grad(); loss.backward(); adam.step()
+"""
+
+
+def test_each_hot_line_shows_its_own_source_in_any_cell_shape(ip):
+    """Leading blank lines, comments, other magics' lines and continuations:
+    IPython's transforms drop or merge lines, yet every line's number and
+    source must be the ones the user sees."""
+    run(ip, SETUP)
+    run(ip, ODD_CELL)
+    prof = ip.user_ns["prof"]
+    shown = ODD_CELL.splitlines()
+    cell_lines = [ls for ls in prof.lines if ls.filename.startswith("Cell")]
+    assert cell_lines
+    for ls in cell_lines:
+        if ls.filename == cell_lines[0].filename:
+            assert ls.source == shown[ls.lineno - 1], ls  # line 1 is the magic line
+            assert ls.source.strip()  # never a blank line
+    sources = {ls.source.strip() for ls in cell_lines}
+    assert "for xb, yb in loader:" in sources
+    assert "adam.zero_grad(); loss.backward(); adam.step()" in sources
+    # the statement spanning two lines is listed at its first line
+    assert "loss = nn.functional.cross_entropy(out, yb) \\" in sources
+
+
+def test_an_error_points_at_the_users_line_after_leading_blank_lines(ip):
+    import traceback
+
+    run(ip, SETUP)
+    result = run(
+        ip,
+        "%%epochprofile --text --no-lines\n\n\nfor xb, yb in loader:\n"
+        "    raise ValueError('line 5')\n",
+        ok=False,
+    )
+    tb = traceback.extract_tb(result.error_in_exec.__traceback__)
+    assert tb[-1].lineno == 5 and "raise ValueError" in tb[-1].line
+
+
+def test_cell_labels_match_the_prompt_whichever_way_ipython_counts(ip, monkeypatch):
+    """IPython 9 increments ``execution_count`` before a cell runs, IPython 8
+    after; the label must be the cell's own prompt number either way."""
+    from epochmagic import session
+
+    run(ip, SETUP)
+    labels = []
+    real = session.compile_cell
+
+    def spy(shell, source, magic_line=None):
+        cell = real(shell, source, magic_line)
+        labels.append(cell.label)
+        return cell
+
+    monkeypatch.setattr("epochmagic.magic.compile_cell", spy)
+    for shift in (0, 1, -1):  # execution_count ahead of, at, behind the prompt
+        prompt = ip.execution_count
+        monkeypatch.setattr(ip, "execution_count", prompt + shift, raising=False)
+        result = ip.run_cell(
+            "%%epochprofile --text --no-lines --steps 2\nfor xb, yb in loader:\n"
+            "    adam.zero_grad(); nn.functional.cross_entropy(net(xb), yb).backward()\n",
+            store_history=True,
+        )
+        assert result.success
+        assert labels[-1] == f"Cell In[{result.execution_count}]"
