@@ -89,7 +89,7 @@ def cell_number(shell: Any) -> int:
     compiled that cell under. ``execution_count`` is not it: IPython 9
     increments it before the cell runs, IPython 8 after."""
     fmap = getattr(shell.compile, "_filename_map", {})
-    frame = sys._getframe(1)
+    frame: Any = sys._getframe(1)
     while frame is not None:
         number = fmap.get(frame.f_code.co_filename)
         if number is not None:
@@ -127,10 +127,11 @@ def _renumber(tree: ast.AST, lines: list[int], offset: int) -> None:
         return (lines[n] if 0 < n < len(lines) else n) + offset
 
     for node in ast.walk(tree):
-        if hasattr(node, "lineno") and node.lineno is not None:
-            node.lineno = at(node.lineno)
-        if getattr(node, "end_lineno", None) is not None:
-            node.end_lineno = max(node.lineno, at(node.end_lineno))
+        n: Any = node
+        if getattr(n, "lineno", None) is not None:
+            n.lineno = at(n.lineno)
+        if getattr(n, "end_lineno", None) is not None:
+            n.end_lineno = max(n.lineno, at(n.end_lineno))
 
 
 def _has_top_level_await(tree: ast.AST) -> bool:

@@ -23,7 +23,9 @@ from epochmagic import changes, gpu, loaders, predict
 from epochmagic import environment as envmod
 from epochmagic.assemble import build_profile
 from epochmagic.changes import PRECISIONS
+from epochmagic.compilecopies import CompiledCopies
 from epochmagic.diagnose import diagnose
+from epochmagic.figures import step_times_without_compile
 from epochmagic.loaders import Unsupported
 from epochmagic.profile import EpochProfile
 from epochmagic.session import Cell, run_cell
@@ -48,6 +50,7 @@ class RunContext:
     loaders: list[Any]
     history: list[EpochProfile] = field(default_factory=list)
     loading: dict[str, float] | None = None
+    copies: CompiledCopies = field(default_factory=CompiledCopies)  # compiled code for what-ifs
 
 
 def attach(prof: EpochProfile, shell: Any, cell: Cell, run: Any, original_loader: Any) -> None:
@@ -263,6 +266,7 @@ def _run(
                     changes.fused_optimizers(ns, opt_names, ctx.optimizers, plan.notes)
                 )
             torch.set_num_threads(int(s["threads"]))
+            switched = stack.enter_context(ctx.copies.swapped(ns))
             run = run_cell(
                 cell,
                 ns,
@@ -297,7 +301,7 @@ def _run(
         prof.config["prefetch_factor"] = None
     prof.steps_per_epoch = plan.steps_per_epoch
     prof.epoch_s = _epoch_estimate(base, prof)
-    prof.notes = [*plan.notes, *_what_ran(prof, n_steps)]
+    prof.notes = [*plan.notes, *_what_ran(prof, n_steps), *_compiled(prof, switched)]
     if run.status == "oom":
         prof.error = f"out of memory at {label(s, base)}: {prof.error}"
     prof.evidence = {
@@ -315,17 +319,43 @@ def _run(
 
 def _epoch_estimate(base: EpochProfile, prof: EpochProfile) -> float | None:
     """Steps measured + the rest at the steady median; time outside the steps
-    borrowed from the baseline when this run did no evaluation."""
+    borrowed from the baseline when this run did no evaluation. Compiling for
+    the what-if is kept out (it is reported apart, in ``prof.compile``)."""
     if prof.status != "ok" or not prof.steps:
         return None
-    med = steady_median(prof.step_times) or 0.0
+    times = step_times_without_compile(prof)
+    med = steady_median(times) or 0.0
     total = prof.steps_per_epoch
     if total is None:
         return None
     outside = prof.outside_steps_s
     if prof.phases.get("eval", 0.0) == 0.0 and prof.steps < total:
         outside = base.outside_steps_s
-    return outside + sum(prof.step_times) + max(0, total - prof.steps) * med
+    return outside + sum(times) + max(0, total - prof.steps) * med
+
+
+def _compiled(prof: EpochProfile, switched: int) -> list[str]:
+    """What compiling cost this what-if, kept apart from its step times."""
+    comp = prof.compile
+    if not switched or not comp or not comp.get("compiles"):
+        return []
+    compile_s = sum(comp.get("step_compile_s") or [])
+    if compile_s and prof.samples:
+        in_steps = sum(prof.step_times) - compile_s
+        prof.samples_per_s = prof.samples / in_steps if in_steps > 0 else prof.samples_per_s
+    fresh = comp["compiles"] - comp["recompiles"]
+    said = (
+        f"compiled {comp['compiles']} time(s) in {comp['compile_s']:.2f} s, kept out of the "
+        "step times and the epoch estimate; what-ifs compile into copies of your compiled "
+        "code, which stays as it was"
+    )
+    if fresh and comp["recompiles"]:
+        said += f" ({fresh} first compile(s) of the copies, {comp['recompiles']} recompile(s))"
+    elif fresh:
+        said += " (the first what-if compiles the copies afresh)"
+    else:
+        said += f"; this setting recompiled: {'; '.join(comp['recompile_reasons'][:2])}"
+    return [said]
 
 
 def _what_ran(prof: EpochProfile, n_steps: int) -> list[str]:

@@ -9,6 +9,8 @@ backward matters); one test compiles with inductor and is marked slow.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -335,3 +337,57 @@ def test_compile_field_round_trips_and_old_profiles_load(tmp_path):
     assert EpochProfile.from_dict(old).compile is None
     assert SCHEMA_VERSION >= 2
     assert torch is not None
+
+
+def _dynamo_as_found(ip, codes: list) -> dict:
+    """What a what-if must leave as it found it: the cache entries of the
+    compiled code (the same compiled code, in order), the recompile limits,
+    the automatic-dynamic record, a tensor's dynamic marks, torch's counters."""
+    import copy
+
+    from epochmagic.compilecopies import cache_entries
+
+    pgo = sys.modules.get("torch._dynamo.pgo")
+    config = torch._dynamo.config
+    return {
+        "entries": {c: [e.code for e in cache_entries(c)] for c in codes},
+        "limits": (config.recompile_limit, config.accumulated_recompile_limit),
+        "pgo": repr(copy.deepcopy(getattr(pgo, "_CODE_STATE", None))),
+        "marks": repr(vars(ip.user_ns["marked"])),
+        "counters": {k: dict(v) for k, v in torch._dynamo.utils.counters.items()},
+    }
+
+
+def test_what_ifs_on_a_compiled_model_leave_dynamo_as_they_found_it(ip):
+    run(ip, SETUP)
+    loop = _build(ip, "torch.compile(model)", n=96)
+    run(ip, "marked = torch.randn(8, 16); torch._dynamo.mark_dynamic(marked, 0)")
+    run(ip, "%%epochprofile -o prof --text --no-lines\n" + loop)
+    prof = ip.user_ns["prof"]
+    from epochmagic.compilecopies import cache_entries, compiled_codes
+
+    codes = [
+        c
+        for r in __import__("torch")._dynamo.convert_frame.input_codes.seen
+        if (c := r()) is not None and cache_entries(c)
+    ]
+    assert any(c.co_name == "forward" for c in compiled_codes())  # the user's compiled forward
+    found = _dynamo_as_found(ip, codes)
+
+    first = prof.rerun(workers=0, steps=4)
+    assert first.status == "ok" and first.compile["compiles"] >= 1
+    assert any("copies of your compiled code" in n for n in first.notes)
+    assert _dynamo_as_found(ip, codes) == found
+    bigger = prof.rerun(batch_size=16, steps=4)  # a new batch shape: the copy recompiles
+    assert bigger.status == "ok" and bigger.compile["recompiles"] >= 1
+    assert bigger.compile["recompile_reasons"]
+    assert bigger.epoch_s < sum(bigger.step_times) * 6 + 1.0  # compile kept out of the estimate
+    assert _dynamo_as_found(ip, codes) == found
+    # a sweep (the budget a real recompile would use is the copies', never the user's)
+    limit = torch._dynamo.config.recompile_limit
+    results = prof.sweep(batch_size=[4, 12, 24, 32, 40, 48, 56, 64, 72, 80][: limit + 2], steps=2)
+    assert all(r.status == "ok" for r in results)
+    assert _dynamo_as_found(ip, codes) == found
+    # and the user's own next epoch runs the code it compiled: nothing recompiles
+    run(ip, "_before = snapshot()\n" + loop + "after = delta(_before)\n")
+    assert not ip.user_ns["after"]["stats"].get("unique_graphs")
