@@ -60,8 +60,10 @@ so): a check that the script itself works where there is no GPU (CI runs it).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -127,7 +129,7 @@ SIZES = {
     "t_batch": (256, 16),
     "t_width": (4096, 64),
     "t_depth": (2, 1),
-    "t_steps": (30, 8),
+    "t_steps": (30, 16),
     "t_rounds": (2, 1),
     "a_width": (8192, 256),
     "a_depth": (12, 2),
@@ -390,6 +392,35 @@ for epoch in range(2):
 """
 SYNC = "\nif dev == 'cuda':\n    torch.cuda.synchronize()\n"
 
+S = """
+import io, contextlib
+model_s = mlp(512, 2)
+opt_s = torch.optim.SGD(model_s.parameters(), lr=0.01)
+loader_s = DataLoader(TensorDataset(torch.randn(16 * 8, 512), torch.randint(0, 10, (16 * 8,))),
+                      batch_size=16)
+quiet_s = io.StringIO()
+"""
+# each kind of synchronising call on a line of its own (the loop's line numbers
+# below are the cell's: the magic line is line 1)
+S_KINDS = {
+    ".item()": "a = loss.item()",
+    ".cpu()": "b = loss.detach().cpu()",
+    ".tolist()": "c = out.argmax(1).tolist()",
+    "bool(tensor)": "d = bool(loss > 0)",
+    "print(tensor)": "print(loss, file=quiet_s)",
+    "nonzero": "e = (yb_d > 4).nonzero()",
+}
+S_LOOP = (
+    "%%epochprofile -o prof_s --text --no-lines\n"
+    "for xb, yb in loader_s:\n"
+    "    xb_d = xb.to(dev)\n"  # a blocking pageable copy
+    "    yb_d = yb.to(dev)\n"
+    "    out = model_s(xb_d)\n"
+    "    loss = loss_fn(out, yb_d)\n"
+    "    opt_s.zero_grad(); loss.backward(); opt_s.step()\n"
+    + "".join(f"    {line}\n" for line in S_KINDS.values())
+)
+
 
 def in_steps(prof: Any, phase: str) -> float:
     return sum(sp.get(phase, 0.0) for sp in prof.step_phases)
@@ -422,7 +453,6 @@ class Ctx:
         self.ip, self.size, self.checks, self.cuda = ip, size, checks, cuda
         self.smoke = checks.smoke
         self.saved: dict[str, Any] = {}  # name -> profile, for --out
-        self.reading_s: float | None = None  # one clock reading, once measured
 
     def run(self, source: str) -> Any:
         return run(self.ip, source)
@@ -476,18 +506,22 @@ def main() -> None:
             end="",
         )
     print("\n")
-    ip = start_shell()
+    # --smoke: one intra-op thread, or OpenMP spin-waits on a shared 2-core CI
+    # machine make the tiny loops 10x slower whenever another process is busy
+    ip = start_shell(args.threads if args.threads is not None else 1 if args.smoke else None)
     run(ip, SETUP.format(device=device))
     ctx = Ctx(ip, size, Checks(args.smoke), cuda)
 
     guarded(ctx, "T. per-phase truth (a synchronize at every phase boundary)", check_truth)
     guarded(ctx, "A. GPU-heavy forward followed by loss.item()", check_a)
+    guarded(ctx, "S. each kind of sync found at its own line", check_sync_kinds)
     guarded(ctx, "B. input-bound loop", check_b)
     guarded(ctx, "C. pinned vs pageable batches", check_c)
     guarded(ctx, "D. bf16 and fp16 what-ifs against fp32", check_d)
     guarded(ctx, "E/F. distortion and the clock's cost", check_distortion)
     guarded(ctx, "H. Hugging Face Trainer, tiny BERT", check_trainer)
     guarded(ctx, "G. torch.compile", check_compile)
+    forget_dynamo_globals()
 
     if args.out:
         from pathlib import Path
@@ -522,22 +556,27 @@ def check_truth(ctx: Ctx) -> None:
                     profiled[phase] += in_steps(prof, phase)
                 profiled_total += sum(prof.step_times)
     ctx.keep("prof_t")
-    truth_total = sum(truth.values()) or 1e-12
     prof = ctx.ns("prof_t")
+    steps = size["t_rounds"] * size["t_steps"]  # in each kind's sums
+    truth_total = sum(truth.values()) or 1e-12
+    profiled_total = profiled_total or 1e-12
     tr = (prof.gpu or {}).get("transfer") or {}
     copied = (tr.get("bytes") or 0) / max(1, prof.steps) / 2**20
     expected = size["t_batch"] * size["t_features"] * 4 / 2**20
+    eval_s = in_steps(prof, "eval")
     print(
-        f"  ({prof.steps} steps, truth {truth_total / size['t_steps'] * 1000:.2f} ms/step, "
-        f"profiled {profiled_total / max(1, size['t_rounds'] * prof.steps) * 1000:.2f} "
-        f"ms/step; batch {expected:.1f} MiB, profile saw {copied:.1f} MiB/step copied)"
+        f"  ({prof.steps} steps of {truth_total / steps * 1000:.2f} ms in the truth, "
+        f"{profiled_total / steps * 1000:.2f} ms profiled; a {expected:.1f} MiB batch, "
+        f"the profile saw {copied:.1f} MiB/step copied"
+        + (f"; {eval_s / sum(prof.step_times):.1%} put in eval" if eval_s else "")
+        + ")"
     )
     for phase in T_PHASES:
-        t = truth[phase] / truth_total
-        p = profiled[phase] / (profiled_total or 1e-12)
+        t, p = truth[phase] / truth_total, profiled[phase] / profiled_total
         ctx.checks.add(
             f"T {phase} share vs truth",
-            f"truth {t:.1%}, profiled {p:.1%}, diff {(p - t) * 100:+.1f} pt",
+            f"truth {t:.1%} ({truth[phase] / steps * 1000:.2f} ms), profiled {p:.1%} "
+            f"({profiled[phase] / steps * 1000:.2f} ms), diff {(p - t) * 100:+.1f} pt",
             "|diff| <= 5 pt",
             abs(p - t) <= 0.05,
         )
@@ -591,8 +630,7 @@ def check_a(ctx: Ctx) -> None:
     ev = a.evidence or {}
     checks.add(
         "A MFU",
-        _mfu(gpu)
-        + f"; counted {_flop(ev.get('flops_forward'))} forward + "
+        _mfu(gpu) + f"; counted {_flop(ev.get('flops_forward'))} forward + "
         f"{_flop(ev.get('flops_backward'))} backward per step",
         "<= 100 %",
         _mfu_ok(gpu, ctx.cuda),
@@ -623,6 +661,38 @@ def check_b(ctx: Ctx) -> None:
     )
 
 
+# -- S: sync sites by kind -------------------------------------------------------------------
+def check_sync_kinds(ctx: Ctx) -> None:
+    """Every kind of synchronising call, and a blocking copy, is reported at
+    the cell's own line (torch's sync debug mode reports them; frames inside
+    torch, such as print's tensor formatting, are skipped)."""
+    ctx.run(S)
+    ctx.run(S_LOOP)
+    ctx.keep("prof_s")
+    gpu = ctx.ns("prof_s").gpu or {}
+    found = {site["source"] for site in gpu.get("sync_sites") or []}
+    lines = S_LOOP.splitlines()
+    everywhere = {
+        site["source"]: site["lineno"]
+        for site in [*(gpu.get("sync_sites") or []), *(gpu.get("copy_sites") or [])]
+    }
+    for kind, line in S_KINDS.items():
+        lineno = everywhere.get(line)
+        ctx.checks.add(
+            f"S sync at its line: {kind}",
+            f"line {lineno}" if lineno else f"not among {sorted(found) or 'none'}",
+            f"`{line}` at line {lines.index('    ' + line) + 1}",
+            lineno == lines.index("    " + line) + 1 if ctx.cuda else None,
+        )
+    copy_line = everywhere.get("xb_d = xb.to(dev)")
+    ctx.checks.add(
+        "S blocking copy at its line",
+        f"line {copy_line}; {gpu.get('blocking_copies_per_step', float('nan')):.2f} per step",
+        "`xb_d = xb.to(dev)` at line 3",
+        copy_line == 3 if ctx.cuda else None,
+    )
+
+
 # -- C: pinned vs pageable -----------------------------------------------------------------
 def check_c(ctx: Ctx) -> None:
     size = ctx.size
@@ -642,7 +712,7 @@ def check_c(ctx: Ctx) -> None:
             f"C transfer, {label}",
             f"{ms:.2f} ms/step, {bytes_step / 2**20:.1f} MiB/step, {rate:.1f} GB/s, "
             f"pinned share {_pct(tr.get('pinned_share'))}; status {prof.status}",
-            f"{batch_bytes / 2**20:.1f} MiB/step (the batch)",
+            f"{batch_bytes / 2**20:.2f} MiB/step (the batch)",
             prof.status == "ok" and abs(bytes_step / batch_bytes - 1) <= 0.01,
         )
     if pinned.status == "ok" and c.steps:
@@ -731,8 +801,7 @@ def check_distortion(ctx: Ctx) -> None:
     made = cudaclock.make_clock
     made_clocks: list[Any] = []
     if ctx.cuda:
-        per, path, note = reading_cost(cudaclock)
-        ctx.reading_s = per
+        per, path, note = reading_cost(cudaclock)  # CUDA is up: earlier sections used it
 
     def keep() -> Any:  # the last profiled run's clock: how many readings per step
         clock = made()
@@ -762,7 +831,7 @@ def check_distortion(ctx: Ctx) -> None:
                 f"{title} (wall_s vs plain)",
                 f"{dist:+.1%}; per pair {min(ratios) - 1:+.1%}..{max(ratios) - 1:+.1%}; "
                 f"{prof.steps} steps of {step_s * 1000:.2f} ms" + detail,
-                f"<= {limit:.0%}",
+                f"<= {limit * 100:.0f} %",
                 dist <= limit,
             )
             if key == "e":
@@ -999,6 +1068,20 @@ def check_compile(ctx: Ctx) -> None:
         and profiled["unique_graphs"] == plain["unique_graphs"]
         and cc.get("recompiles") == plain["recompiles"],
     )
+
+
+def forget_dynamo_globals() -> None:
+    """Dynamo puts globals (``__builtins_dict___N``) into the namespace of the
+    code it compiles, here IPython's, with a hook that deletes them when the
+    compiled code dies; at exit IPython empties its namespace first, so every
+    hook prints "Exception ignored ... KeyError". Drop the hooks: the globals
+    stay, harmlessly, until the process ends."""
+    if "torch._dynamo" not in sys.modules:
+        return
+    with contextlib.suppress(Exception):
+        from torch._dynamo.utils import CleanupManager
+
+        CleanupManager.instance.clear()
 
 
 # -- formatting ------------------------------------------------------------------------------------

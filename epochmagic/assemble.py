@@ -57,8 +57,8 @@ def build_profile(run: RunResult, cell: Cell, user_ns: dict[str, Any]) -> EpochP
         samples_per_s=samples / in_steps if samples and in_steps > 0 else None,
         phases=tl.phases,
         outside_steps_s=tl.outside_steps_s,
-        memory=_memory(tl, run.device),
-        gpu=_gpu(run),
+        memory=_memory(tl, run.device, device),
+        gpu=_gpu(run, device),
         step_times=step_times,
         step_phases=tl.step_phases,
         throughput_unit="tokens" if has_tokens else "samples",
@@ -179,11 +179,17 @@ def loop_length(tree: ast.Module, user_ns: dict[str, Any]) -> int | None:
         body = loop.body
 
 
-def _memory(tl: Timeline, clock: Any) -> dict[str, Any]:
+def _on_gpu(clock: Any, device: str) -> bool:
+    """The run used the GPU: its allocator's peak rose, or the trained model
+    lives there (a step can reuse memory allocated before the run)."""
+    return clock is not None and (clock.used() or device.startswith("cuda"))
+
+
+def _memory(tl: Timeline, clock: Any, device: str) -> dict[str, Any]:
     """Peak and per-step memory: the CUDA allocator's when the run used the
     GPU (its peak was reset at the start), else the process RSS."""
     peak = max((m for _, m in tl.memory_samples), default=0)
-    if clock is None or clock.name != "cuda" or not clock.used():
+    if clock is None or clock.name != "cuda" or not _on_gpu(clock, device):
         return {"kind": "cpu", "peak_bytes": peak, "per_step_bytes": tl.step_memory}
     reserved = int(torch.cuda.max_memory_reserved())
     total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
@@ -197,9 +203,9 @@ def _memory(tl: Timeline, clock: Any) -> dict[str, Any]:
     }
 
 
-def _gpu(run: RunResult) -> dict[str, Any] | None:
+def _gpu(run: RunResult, device: str) -> dict[str, Any] | None:
     clock, tl = run.device, run.timeline
-    if clock is None or not clock.used():
+    if clock is None or not _on_gpu(clock, device):
         return None
     fields = gpumod.fields(tl, clock.describe())
     count, size, pinned, async_ = run.probes.transfers
@@ -210,6 +216,19 @@ def _gpu(run: RunResult) -> dict[str, Any] | None:
         "non_blocking_share": async_ / size if size else None,
     }
     return fields
+
+
+def host_timed_note(device: str) -> str | None:
+    """Accelerators other than CUDA (MPS, XPU, ...) run asynchronously too, but
+    only CUDA's events are read: say plainly what the phases are there."""
+    kind = device.split(":")[0]
+    if kind in ("cpu", "cuda", "meta"):
+        return None
+    return (
+        f"phases on {kind} are host-timed: device events are read on CUDA only, so "
+        f"asynchronous {kind} work is charged to the call that waits for it (an .item(), "
+        "a copy back to the CPU), not to the phase that launched it"
+    )
 
 
 def _loader_name(loader: Any, user_ns: dict[str, Any]) -> str | None:
@@ -273,6 +292,9 @@ def _notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
         notes.append(
             f"a GradScaler skipped {prof.skipped_steps} optimizer steps (inf/nan gradients)"
         )
+    note = host_timed_note(str(prof.config.get("device") or "cpu"))
+    if note:
+        notes.append(note)
     if run.device is not None and run.device.error:
         notes.append(
             f"device timing failed ({run.device.error}): phases are host times, which "

@@ -37,11 +37,13 @@ class CompiledCopies:
         # by id: code objects compare equal by content, so an original and its
         # copy are equal keys
         self.copies: dict[int, tuple[types.CodeType, types.CodeType]] = {}
+        self._running: dict[int, list[types.FunctionType]] = {}  # gc.get_referrers is slow
 
     @contextlib.contextmanager
-    def swapped(self, user_ns: dict[str, Any]) -> Iterator[int]:
-        """Run the body on the copies; yields how many functions were switched."""
-        if "torch._dynamo" not in sys.modules:  # nothing was ever compiled
+    def swapped(self, user_ns: dict[str, Any], compiled: bool = True) -> Iterator[int]:
+        """Run the body on the copies; yields how many functions were switched.
+        ``compiled``: the measured run ran compiled code (else nothing to do)."""
+        if not compiled or "torch._dynamo" not in sys.modules:
             yield 0
             return
         swaps = self._swap()
@@ -59,7 +61,10 @@ class CompiledCopies:
         for code in compiled_codes():
             if id(code) in ours:
                 continue
-            for fn in _functions_running(code):
+            running = [f for f in self._running.get(id(code), ()) if f.__code__ is code]
+            if not running:
+                running = self._running[id(code)] = _functions_running(code)
+            for fn in running:
                 if id(code) not in self.copies:
                     self.copies[id(code)] = (code, code.replace())
                 replacement = self.copies[id(code)][1]

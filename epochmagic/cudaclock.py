@@ -105,6 +105,9 @@ class CudaClock:
         torch = api
         c = getattr(torch, "_C", None)
         self._torch = torch
+        # bound now, before the probes wrap torch.cuda.synchronize: the clock's
+        # own drains are not the cell's syncs
+        self._synchronize = torch.cuda.synchronize
         self._event = torch.cuda.Event
         self._capturing = getattr(
             c, "_cuda_isCurrentStreamCapturing", torch.cuda.is_current_stream_capturing
@@ -264,7 +267,7 @@ class CudaClock:
         self._waiting = False
         cuda = self._torch.cuda
         try:
-            cuda.synchronize()
+            self._synchronize()
             cuda.reset_peak_memory_stats()  # the run's own peak
             self._base_bytes = int(cuda.memory_allocated()) if base else 0
             self._started = True
@@ -357,7 +360,7 @@ class CudaClock:
         if self._anchor is None:
             return None
         try:
-            self._torch.cuda.synchronize()
+            self._synchronize()
             self._resolve(final=True)
             self._calibrate()
         except RuntimeError as e:  # a device-side error: keep the host timeline

@@ -35,7 +35,7 @@ PEAK_TFLOPS: list[tuple[str, tuple[float, float | None, float]]] = [
     (r"\bV100\b", (15.7, None, 125.0)),
     (r"\bT4\b", (8.1, None, 65.0)),
 ]
-TOP_SITES = 3
+TOP_SITES = 10  # every kind of sync in a loop; the finding cites the first three
 
 
 def fields(tl: Timeline, device: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +79,8 @@ def fields(tl: Timeline, device: dict[str, Any]) -> dict[str, Any]:
         "host_wait_s": wait,
         "syncs_per_step": len(calls) / steps,
         "blocking_copies_per_step": len(copies) / steps,
-        "sync_sites": _sites(calls),
+        "sync_sites": _sites(calls),  # the lines of synchronising calls
+        "copy_sites": _sites(copies),  # the lines of blocking host-to-device copies
         "total_bytes": device.get("total_bytes"),
         "capability": device.get("capability"),
         "bf16": device.get("bf16"),
@@ -93,7 +94,8 @@ def _inside(t: float, bounds: list[tuple[float, float]]) -> bool:
 
 
 def _sites(syncs: list[tuple[float, str, int, bool, float]]) -> list[dict[str, Any]]:
-    """The lines the synchronising calls came from, most frequent first."""
+    """The lines the syncs came from, most frequent first (each at the
+    user's own line: torch's frames are skipped when it reports them)."""
     counts = Counter((s[1], s[2]) for s in syncs)
     waits: dict[tuple[str, int], float] = {}
     for s in syncs:

@@ -74,7 +74,7 @@ def sync_points(prof: EpochProfile) -> Finding | None:
     sites = "; ".join(
         f"{s['filename']}:{s['lineno']} `{s['source']}` "
         f"({s['count'] / prof.steps:.1f}/step, waited {ms(s['wait_s'] / prof.steps)}/step)"
-        for s in gpu.get("sync_sites") or []
+        for s in (gpu.get("sync_sites") or [])[:3]
     )
     return Finding(
         "sync_points",
@@ -124,6 +124,10 @@ def transfer(prof: EpochProfile) -> Finding | None:
         f"{pinned:.0%} from pinned memory, {non_blocking:.0%} with non_blocking=True"
         + (
             f", {blocking:.1f} blocking copies per step that wait for the GPU's queue"
+            + "".join(
+                f" (`{c['source']}`, {c['filename']}:{c['lineno']})"
+                for c in (gpu.get("copy_sites") or [])[:1]
+            )
             if blocking
             else ""
         )

@@ -266,7 +266,7 @@ def _run(
                     changes.fused_optimizers(ns, opt_names, ctx.optimizers, plan.notes)
                 )
             torch.set_num_threads(int(s["threads"]))
-            switched = stack.enter_context(ctx.copies.swapped(ns))
+            switched = stack.enter_context(ctx.copies.swapped(ns, base.compile is not None))
             run = run_cell(
                 cell,
                 ns,

@@ -124,9 +124,12 @@ def shell():
     # when it is freed: free it while the namespace is still there
     if "torch._dynamo" in sys.modules:
         torch._dynamo.reset()
-    import gc
+        import gc
 
-    gc.collect()
+        gc.collect()
+        # what is still alive at exit would otherwise delete its names from a
+        # namespace IPython has already emptied (KeyError noise)
+        torch._dynamo.utils.CleanupManager.instance.clear()
 
 
 @pytest.fixture

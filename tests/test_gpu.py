@@ -354,3 +354,40 @@ for xb, yb in train_loader:
     assert per_step["other"] < 0.002
     assert prof.gpu["blocking_copies_per_step"] == pytest.approx(1.0)
     assert prof.gpu["transfer"]["copies"] == prof.steps
+
+
+def test_blocking_copies_are_found_at_their_line(ip, dev, monkeypatch):
+    """A blocking copy is a sync site of its own kind: its line is in
+    ``copy_sites`` (and cited by the transfer finding), not among the calls."""
+    import torch
+
+    from epochmagic.cudaclock import caller_outside
+
+    original_to = torch.Tensor.to
+
+    def to(t, *args, **kwargs):
+        if args and args[0] == "meta":
+            dev.stream.wait()
+            dev.stream.launch(0.006)
+            dev.stream.wait()
+            if dev.on_sync is not None:
+                dev.on_sync(*caller_outside(sys._getframe(1)))
+        return original_to(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    run(ip, HEAVY.replace("OnDevice(0.02)", "OnDevice(0.002)"))
+    run(
+        ip,
+        """%%epochprofile -o prof --text --no-lines
+for xb, yb in train_loader:
+    staged = xb.to("meta")
+    loss = loss_fn(model(xb), yb)
+    opt.zero_grad(); loss.backward(); opt.step()
+""",
+    )
+    gpu = ip.user_ns["prof"].gpu
+    assert gpu["copy_sites"][0]["source"] == 'staged = xb.to("meta")'
+    assert gpu["copy_sites"][0]["lineno"] == 3
+    assert gpu["syncs_per_step"] == 0 and not gpu["sync_sites"]
+    found = next(f for f in ip.user_ns["prof"].findings if f.code == "transfer")
+    assert 'staged = xb.to("meta")' in found.detail

@@ -87,3 +87,12 @@ def test_text_report_and_verdict():
     assert prof._repr_mimebundle_()["text/plain"] == text
     prof.steps = 0
     assert "no training step" in verdict(prof)
+
+
+def test_other_accelerators_are_said_to_be_host_timed():
+    from epochmagic.assemble import host_timed_note
+
+    assert host_timed_note("cpu") is None and host_timed_note("cuda:1") is None
+    for device in ("mps", "xpu:0"):
+        note = host_timed_note(device)
+        assert note and "host-timed" in note and device.split(":")[0] in note
