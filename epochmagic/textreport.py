@@ -42,6 +42,12 @@ def verdict(prof: EpochProfile) -> str:
     }
     if shares["data"] >= 0.2:
         return f"input-bound: {shares['data']:.0%} of the epoch waits for data"
+    compiling = float((prof.compile or {}).get("compile_s") or 0.0) / total
+    if compiling >= 0.5:  # the first epoch of a compiled model: later ones do not pay it
+        return (
+            f"compile-bound: {compiling:.0%} of the epoch is torch.compile compiling "
+            "(--skip-epochs 1 measures the next epoch)"
+        )
     top = max(shares, key=lambda k: shares[k])
     pct = f"{shares[top]:.0%}"
     return {

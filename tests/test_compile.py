@@ -391,3 +391,15 @@ def test_what_ifs_on_a_compiled_model_leave_dynamo_as_they_found_it(ip):
     # and the user's own next epoch runs the code it compiled: nothing recompiles
     run(ip, "_before = snapshot()\n" + loop + "after = delta(_before)\n")
     assert not ip.user_ns["after"]["stats"].get("unique_graphs")
+
+
+def test_a_first_epoch_spent_compiling_is_compile_bound():
+    from epochmagic import EpochProfile
+    from epochmagic.textreport import verdict
+
+    prof = EpochProfile(wall_s=10.0, steps=5, compile={"compile_s": 8.0})
+    prof.phases["forward"] = 9.0
+    prof.phases["other"] = 1.0
+    assert verdict(prof).startswith("compile-bound: 80%") and "--skip-epochs 1" in verdict(prof)
+    prof.compile = {"compile_s": 1.0}
+    assert verdict(prof).startswith("compute-bound")
