@@ -626,8 +626,7 @@ class Probes:
                     probes._begin_measuring()  # after this step
                 return
             probes._opt_depth -= 1
-            rec.mark(r.OPT_EXIT, opt)
-            probes._after_step(opt)
+            probes._after_step(opt, rec.mark(r.OPT_EXIT, opt))
 
         self.patches.hook(optim_mod.register_optimizer_step_pre_hook(pre))
         self.patches.hook(optim_mod.register_optimizer_step_post_hook(post))
@@ -674,7 +673,7 @@ class Probes:
 
         self._patch(scaler_cls, "step", scaler_step)
 
-    def _after_step(self, opt: Any) -> None:
+    def _after_step(self, opt: Any, now: float) -> None:
         self._mark_trained()
         self._end_discovery()
         if self._loader_clock():
@@ -685,8 +684,7 @@ class Probes:
             self.clock_steps += 1
             if self.on_step is not None:
                 self.on_step(self.clock_steps)
-            now = self.rec.clock()
-            self._sample_memory(now)
+            self._sample_memory(now)  # at the step's end: no clock reading of its own
             self._check_limits(self.clock_steps, now, DEFAULT_NO_LOADER_SECONDS)
 
     # -- transfers -------------------------------------------------------------
