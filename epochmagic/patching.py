@@ -36,6 +36,7 @@ from typing import Any
 
 _HERE = __file__.rsplit("/", 1)[0]
 _REGISTERED: set[types.CodeType] = set()
+_WALKED: set[str] = set()  # modules whose code is registered (a walk allocates: once each)
 
 
 def register_with_dynamo() -> None:
@@ -50,8 +51,11 @@ def register_with_dynamo() -> None:
     except ImportError:  # a torch without it: wrappers are traced, transparently
         return
     for name, module in list(sys.modules.items()):
-        if module is None or not (name == "epochmagic" or name.startswith("epochmagic.")):
+        if module is None or name in _WALKED:
             continue
+        if not (name == "epochmagic" or name.startswith("epochmagic.")):
+            continue
+        _WALKED.add(name)
         for code in _codes(vars(module).values()):
             if code not in _REGISTERED:
                 _REGISTERED.add(code)

@@ -81,6 +81,16 @@ class StopCell(BaseException):
         self.reason = reason
 
 
+def accelerator_available() -> bool:
+    """Any accelerator torch can copy batches to (``torch.accelerator`` is
+    torch 2.6+; before it, CUDA and MPS are asked directly)."""
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None:
+        return bool(acc.is_available())
+    mps = getattr(torch.backends, "mps", None)
+    return bool(torch.cuda.is_available() or (mps is not None and mps.is_available()))
+
+
 def loader_keys(loader: Any) -> frozenset[tuple[str, int]]:
     """Identity of a training loader: itself, or any loader over its dataset.
 
@@ -120,7 +130,7 @@ class Probes:
         self.loader_name = loader_name
         self.user_ns = user_ns if user_ns is not None else {}
         if watch_transfers is None:
-            watch_transfers = device is not None or bool(torch.accelerator.is_available())
+            watch_transfers = device is not None or accelerator_available()
         self.watch_transfers = watch_transfers
         # what-if hooks: a rebuilt loader for the training loader, an autocast
         # context around root forwards, a progress callback at step boundaries

@@ -1,5 +1,5 @@
 """The dashboard in a real browser: JupyterLab 4 and Notebook 7 in headless
-Chromium (Playwright), following ../shared/browser-testing.md. Skips with a
+Chromium (Playwright), as docs/testing.md describes. Skips with a
 clear message where Chromium or Playwright is missing; .ci/run installs both."""
 
 from __future__ import annotations
