@@ -53,21 +53,21 @@ def delta(before):
     return out
 """
 
+LOOP = """for xb, yb in loader:
+    loss = loss_fn(model(xb), yb)
+    opt.zero_grad(); loss.backward(); opt.step()
+"""
+PROFILED = "%%epochprofile -o prof --text --no-lines\n"
+
 # (what is compiled, the cell that builds it, the training loop)
 STYLES = {
     "torch.compile(model)": (
         "net = Net(breaks=True)\nmodel = torch.compile(net, backend='eager')\n",
-        """for xb, yb in loader:
-    loss = loss_fn(model(xb), yb)
-    opt.zero_grad(); loss.backward(); opt.step()
-""",
+        LOOP,
     ),
     "model.compile()": (
         "model = Net(breaks=True)\nmodel.compile(backend='eager')\n",
-        """for xb, yb in loader:
-    loss = loss_fn(model(xb), yb)
-    opt.zero_grad(); loss.backward(); opt.step()
-""",
+        LOOP,
     ),
     "compiled forward and loss": (
         "model = Net()\n"
@@ -244,10 +244,7 @@ opt = torch.optim.SGD(model.parameters(), lr=0.1)
 loader = data(32)
 """,
     )
-    loop = """for xb, yb in loader:
-    loss = loss_fn(model(xb), yb)
-    opt.zero_grad(); loss.backward(); opt.step()
-"""
+    loop = LOOP
     plain = run(ip, loop, ok=False).error_in_exec
     run(ip, "torch._dynamo.reset()")
     profiled = run(ip, "%%epochprofile -o prof --text --no-lines\n" + loop, ok=False).error_in_exec
@@ -268,11 +265,7 @@ def test_inductor_compiles_once_and_the_compile_shows_in_the_first_steps(ip):
     run(ip, "_before = snapshot()")
     run(
         ip,
-        """%%epochprofile -o prof --text --no-lines
-for xb, yb in loader:
-    loss = loss_fn(model(xb), yb)
-    opt.zero_grad(); loss.backward(); opt.step()
-""",
+        PROFILED + LOOP,
     )
     run(ip, "profiled = delta(_before)")
     prof = ip.user_ns["prof"]
@@ -291,11 +284,7 @@ def test_compile_is_none_for_an_eager_cell(ip):
     run(ip, "model = Net(); opt = torch.optim.SGD(model.parameters(), lr=0.1); loader = data(32)")
     run(
         ip,
-        """%%epochprofile -o prof --text --no-lines
-for xb, yb in loader:
-    loss = loss_fn(model(xb), yb)
-    opt.zero_grad(); loss.backward(); opt.step()
-""",
+        PROFILED + LOOP,
     )
     assert ip.user_ns["prof"].compile is None
 

@@ -314,38 +314,44 @@ def test_a_sync_after_leading_blank_lines_is_found_at_its_own_line(ip, dev):
     assert site["lineno"] == 6  # the magic line, the blank line, then the loop's four
 
 
-def test_a_blocking_pageable_copy_is_transfer_not_other(ip, dev, monkeypatch):
-    """``xb.to(device)`` without non_blocking from pageable memory: the host
-    waits for the queued forward, then for the copy itself; torch's sync debug
-    mode reports it while the copy runs (before the probe could record where
-    the copy began). The copy's time is ``transfer``; the wait for the
-    forward's kernels is ``forward``; nothing of it is ``other``."""
+COPY_LOOP = """%%epochprofile -o prof --text --no-lines
+for xb, yb in train_loader:
+    staged = xb.to("meta")
+    loss = loss_fn(model(xb), yb)
+    opt.zero_grad(); loss.backward(); opt.step()
+"""
+
+
+def blocking_copies(dev, monkeypatch, copy_s: float) -> None:
+    """``Tensor.to("meta")`` behaves as a blocking pageable copy to the GPU:
+    the host waits for everything queued, then for ``copy_s`` of copying, and
+    torch's sync debug mode reports it at the caller's line while the copy is
+    still inside ``to`` (so before the probe knows a copy began)."""
     import torch
 
     from epochmagic.cudaclock import caller_outside
 
     original_to = torch.Tensor.to
 
-    def to(t, *args, **kwargs):  # "meta" stands in for the GPU
+    def to(t, *args, **kwargs):
         if args and args[0] == "meta":
-            dev.stream.wait()  # a pageable copy waits for everything queued
-            dev.stream.launch(0.004)  # then 4 ms of copying on the device
+            dev.stream.wait()
+            dev.stream.launch(copy_s)
             dev.stream.wait()
             if dev.on_sync is not None:
                 dev.on_sync(*caller_outside(sys._getframe(1)))
         return original_to(t, *args, **kwargs)
 
     monkeypatch.setattr(torch.Tensor, "to", to)
+
+
+def test_a_blocking_pageable_copy_is_transfer_not_other(ip, dev, monkeypatch):
+    """``xb.to(device)`` without non_blocking from pageable memory: the copy's
+    time is ``transfer``; the wait for the forward's kernels queued before it
+    is ``forward``; nothing of it is ``other``."""
+    blocking_copies(dev, monkeypatch, 0.004)
     run(ip, HEAVY.replace("OnDevice(0.02)", "OnDevice(0.008)"))
-    run(
-        ip,
-        """%%epochprofile -o prof --text --no-lines
-for xb, yb in train_loader:
-    staged = xb.to("meta")
-    loss = loss_fn(model(xb), yb)
-    opt.zero_grad(); loss.backward(); opt.step()
-""",
-    )
+    run(ip, COPY_LOOP)
     prof = ip.user_ns["prof"]
     check_phases(prof)
     per_step = {k: sum(sp[k] for sp in prof.step_phases) / prof.steps for k in prof.phases}
@@ -359,32 +365,9 @@ for xb, yb in train_loader:
 def test_blocking_copies_are_found_at_their_line(ip, dev, monkeypatch):
     """A blocking copy is a sync site of its own kind: its line is in
     ``copy_sites`` (and cited by the transfer finding), not among the calls."""
-    import torch
-
-    from epochmagic.cudaclock import caller_outside
-
-    original_to = torch.Tensor.to
-
-    def to(t, *args, **kwargs):
-        if args and args[0] == "meta":
-            dev.stream.wait()
-            dev.stream.launch(0.006)
-            dev.stream.wait()
-            if dev.on_sync is not None:
-                dev.on_sync(*caller_outside(sys._getframe(1)))
-        return original_to(t, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "to", to)
+    blocking_copies(dev, monkeypatch, 0.006)
     run(ip, HEAVY.replace("OnDevice(0.02)", "OnDevice(0.002)"))
-    run(
-        ip,
-        """%%epochprofile -o prof --text --no-lines
-for xb, yb in train_loader:
-    staged = xb.to("meta")
-    loss = loss_fn(model(xb), yb)
-    opt.zero_grad(); loss.backward(); opt.step()
-""",
-    )
+    run(ip, COPY_LOOP)
     gpu = ip.user_ns["prof"].gpu
     assert gpu["copy_sites"][0]["source"] == 'staged = xb.to("meta")'
     assert gpu["copy_sites"][0]["lineno"] == 3
