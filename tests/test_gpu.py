@@ -374,3 +374,47 @@ def test_blocking_copies_are_found_at_their_line(ip, dev, monkeypatch):
     assert gpu["syncs_per_step"] == 0 and not gpu["sync_sites"]
     found = next(f for f in ip.user_ns["prof"].findings if f.code == "transfer")
     assert 'staged = xb.to("meta")' in found.detail
+
+
+def test_every_spelling_of_a_host_to_device_copy_is_a_transfer(monkeypatch):
+    """``.to(device)``, ``.to(device, dtype)``, ``.to(device=...)``, ``.cuda()``
+    and batches that are dicts, tuples or dataclasses moved field by field:
+    each copy is one transfer. ``meta`` stands in for the GPU."""
+    import dataclasses
+
+    import torch
+
+    from epochmagic import recorder as r
+    from epochmagic.probes import Probes
+    from epochmagic.recorder import Recorder
+
+    original_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda t, *a, **k: original_to(t, "meta"))
+
+    @dataclasses.dataclass
+    class Batch:
+        x: torch.Tensor
+        y: torch.Tensor
+
+        def to(self, device):
+            return Batch(self.x.to(device), self.y.to(device))
+
+    x, y = torch.zeros(4, 8), torch.zeros(4, dtype=torch.long)
+    rec = Recorder()
+    with Probes(rec, watch_transfers=True) as probes:
+        rec.begin()
+        x.to("meta")  # 1
+        x.to("meta", torch.float64)  # 2
+        x.to(device="meta", non_blocking=True)  # 3
+        x.cuda()  # 4
+        {k: v.to("meta") for k, v in {"x": x, "y": y}.items()}  # 5, 6
+        tuple(t.to("meta") for t in (x, y))  # 7, 8
+        Batch(x, y).to("meta")  # 9, 10
+        x.to(torch.float64)  # stays on the CPU: not a transfer
+        rec.finish()
+    count, size, _, non_blocking = probes.transfers
+    assert count == 10
+    assert size == 4 * 128 + 3 * (128 + 32)  # x is 128 bytes, y 32
+    assert non_blocking == 4 * 8 * 4
+    kinds = [e[1] for e in rec.events]
+    assert kinds.count(r.XFER_ENTER) == kinds.count(r.XFER_EXIT) == 10
