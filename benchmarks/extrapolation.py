@@ -13,7 +13,7 @@ in alternated order (E F, F E, ...):
     F  ``%%epochprofile --text --no-lines -o full``: the whole first epoch;
        full.epoch_s = full.wall_s
 
-ratio = est.epoch_s / full.epoch_s of the same pair; target (design.md §5):
+ratio = est.epoch_s / full.epoch_s of the same pair; target (docs/design.md §9):
 median ratio within 1 +- 0.10. Both runs skip line attribution (it does not
 touch epoch_s). ``--workers W`` gives the loader worker processes, so the first
 step carries their start-up.

@@ -10,7 +10,7 @@ does the whole magic take to answer?
       T  ``with torch.profiler.profile(activities=[CPU])`` around the loop
          (for comparison: the loop's time inside it, and the whole ``with``
          including the profiler's start/stop).
-    Target (design.md §5): median distortion <= 1.02.
+    Target (docs/design.md §9): median distortion <= 1.02.
 (b) Time to answer: ``%%epochprofile --text`` with line attribution, the whole
     ``ip.run_cell`` timed from outside, vs the plain cell's whole ``ip.run_cell``,
     on an epoch of >= 5 s. Fewer pairs (each is long). Target: <= 1.3x.

@@ -1,5 +1,5 @@
 """Findings about the input pipeline: waiting for batches, worker start-up,
-workers and intra-op threads competing for the cores (design.md §1).
+workers and intra-op threads competing for the cores (docs/design.md §6).
 
 Pure functions of an ``EpochProfile``; the worker suggestion is the setting the
 prediction model (:mod:`epochmagic.predict`) expects to be fastest. Their

@@ -6,7 +6,7 @@ every time the probes read the clock a marker (a CUDA event) is recorded on the
 current stream. Marker ``k`` is recorded at host time ``h[k]`` and completes at
 device time ``d[k]``, once the stream has run everything launched before it.
 
-The attribution rule of design.md follows from one observation: between two
+The attribution rule (docs/design.md §4.3) follows from one observation: between two
 consecutive completion times ``d[k]`` and ``d[k+1]`` the device is either running
 work launched between markers ``k`` and ``k+1``, or it is idle with nothing
 queued, which means the host has not reached ``h[k+1]`` yet. Either way the

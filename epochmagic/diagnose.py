@@ -1,4 +1,4 @@
-"""Findings: why this epoch is slow and what to try (design.md §1, issue 4).
+"""Findings: why this epoch is slow and what to try (docs/design.md §6).
 
 ``diagnose`` is a pure function of an ``EpochProfile`` (its phases, steps,
 config, environment and ``evidence``). Every threshold is in ``THRESHOLDS`` with
@@ -226,7 +226,7 @@ def warmup(prof: EpochProfile) -> Finding | None:
 
 
 def compile_cost(prof: EpochProfile) -> Finding | None:
-    """torch.compile's first-epoch cost and its recompiles (design.md §6)."""
+    """torch.compile's first-epoch cost and its recompiles (docs/design.md §4.5)."""
     comp = prof.compile or {}
     seconds = float(comp.get("compile_s") or 0.0)
     recompiles = int(comp.get("recompiles") or 0)

@@ -1,4 +1,4 @@
-"""The ``gpu`` fields of a profile (design.md §1): idle and host-wait shares,
+"""The ``gpu`` fields of a profile (docs/design.md §4.3): idle and host-wait shares,
 device time by phase, synchronising calls, TF32, free memory, and model FLOP
 utilisation against the card's peak.
 
@@ -62,7 +62,7 @@ def fields(tl: Timeline, device: dict[str, Any]) -> dict[str, Any]:
         "mfu": None,
         "mfu_note": None,  # why there is no MFU though the FLOPs were counted
         "matmul_dtype": None,  # the precision the peak is taken in
-        # beyond design.md's list: what the findings cite
+        # beyond the first eight fields (docs/design.md §3): what the findings cite
         "idle_in_steps_share": (
             max(0.0, 1.0 - busy_in_steps / in_steps) if in_steps and timed else None
         ),

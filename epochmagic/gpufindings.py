@@ -1,4 +1,4 @@
-"""Findings that need the GPU's own timeline (design.md §1, issue 6):
+"""Findings that need the GPU's own timeline (docs/design.md §6):
 synchronising calls, host-to-device copies and idle time.
 
 Pure functions of an ``EpochProfile`` whose ``gpu`` fields came from CUDA

@@ -1,4 +1,4 @@
-"""Rebuilding a training DataLoader under another setting (design.md §2).
+"""Rebuilding a training DataLoader under another setting (docs/design.md §5.1).
 
 The user's loader is never modified: a what-if iterates a new DataLoader over
 the same dataset, sampler kind, collate_fn and options, with a *copy* of the

@@ -1,4 +1,4 @@
-"""Predicted epoch time of a what-if, before it runs (design.md §2, issue 3).
+"""Predicted epoch time of a what-if, before it runs (docs/design.md §5.5).
 
 Workers: a pipeline model. With ``L`` the time to load one batch, ``C`` the
 rest of a step and ``k`` the cores the main process keeps busy for ``C``,

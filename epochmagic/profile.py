@@ -1,4 +1,4 @@
-"""``EpochProfile``: the result of one measured epoch (design.md §1).
+"""``EpochProfile``: the result of one measured epoch (docs/design.md §3).
 
 Plain data plus (de)serialisation. The report renders it and never recomputes
 numbers; saved profiles carry ``schema_version`` so they stay loadable.
@@ -70,7 +70,7 @@ class EpochProfile:
     error: str | None = None
     predicted: dict[str, Any] | None = None
     output: str | None = None
-    # Beyond design.md's table: what the report needs to explain itself.
+    # Beyond the core fields (docs/design.md §3): what the report needs to explain itself.
     step_starts_s: list[float] = field(default_factory=list)  # offsets from the run start
     stop_reason: str | None = None  # "epoch", "steps", "seconds", "end", "interrupted", "error"
     step_clock: str = "none"  # "loader", "optimizer", "backward" or "none"

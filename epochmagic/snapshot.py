@@ -1,4 +1,4 @@
-"""Snapshot and restore of everything an auxiliary run may change (design.md §2).
+"""Snapshot and restore of everything an auxiliary run may change (docs/design.md §5.2).
 
 Auxiliary runs (the traced run for line attribution, what-ifs) re-execute the
 user's cell; afterwards models, optimizers, schedulers, grad scalers, RNG

@@ -1,4 +1,4 @@
-"""Turns the probes' event log into steps and phases (design.md §1).
+"""Turns the probes' event log into steps and phases (docs/design.md §2).
 
 Pure functions over recorded events: no torch calls, so the rules (which
 loader trains, where a step starts and ends, what counts as evaluation, which

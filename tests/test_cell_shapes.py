@@ -1,4 +1,4 @@
-"""The cell shapes of issue 2, each through a real IPython shell."""
+"""The cell shapes a training loop comes in, each through a real IPython shell."""
 
 from __future__ import annotations
 
@@ -365,6 +365,6 @@ for epoch in range(3):
     assert ip.user_ns["epochs_run"] == 1
     assert prof.training_loader == "train_loader"
     # zip takes a fifth batch from train_loader before test_loader runs out:
-    # five batches were handed out, so five steps (design.md: a step is a batch)
+    # five batches were handed out, so five steps (docs/design.md §2: a step is a batch)
     assert prof.steps == 5
     assert prof.phases["eval"] == 0  # test_loader trains here, it is not evaluation

@@ -223,7 +223,7 @@ def test_model_compute_needs_a_model():
     assert "1,234 parameters" in f.detail and "GFLOP" in f.detail and "matmul" in f.detail
 
 
-# -- findings that need the GPU (issue 6) ---------------------------------------------
+# -- findings that need the GPU --------------------------------------------------------
 def on_gpu(prof: EpochProfile, **gpu) -> EpochProfile:
     """``prof`` as if timed with CUDA events on a GPU (the fields gpu.fields makes)."""
     busy = {k: v * 0.9 for k, v in prof.phases.items() if k != "data"}

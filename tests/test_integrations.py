@@ -1,5 +1,5 @@
 """Library-owned training loops under ``%%epochprofile``, with no change to the
-user's training code (design.md §1 "What one epoch means").
+user's training code (docs/design.md §2, "What one epoch is").
 
 Each test runs a real library loop (Lightning, skorch, Accelerate, Ignite) for
 several epochs inside the magic and checks that exactly one epoch ran, that the
@@ -103,7 +103,7 @@ trainer = pl.Trainer(
     # Only the first epoch trained: the cell stopped when epoch 2 called
     # iter(train_loader). Lightning's fit loop runs on_train_epoch_start of the
     # next epoch *before* it iterates the loader, so that hook ran twice; by
-    # design.md §1 the epoch ends at the loader's second pass, so this is expected.
+    # docs/design.md §2: the epoch ends at the loader's second pass, so this is expected.
     assert lit.epochs_ended == 1
     assert lit.epochs_started == 2
     assert trainer.current_epoch == 1  # epochs completed
@@ -308,7 +308,7 @@ def validate(engine):
     prof = ip.user_ns["prof"]
     assert prof.steps == 8
     assert prof.phases["eval"] > 0
-    # design.md §1: evaluation and code after the last step are outside the steps.
+    # docs/design.md §2: evaluation and code after the last step are outside the steps.
     assert all(sp["eval"] == 0.0 for sp in prof.step_phases)
     assert prof.outside_steps_s >= 0.2
 
