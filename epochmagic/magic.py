@@ -96,6 +96,7 @@ class EpochMagics(Magics):
     )
     @argument("--text", action="store_true", help="print the plain-text report")
     @argument("--no-lines", action="store_true", help="skip line-level attribution")
+    @argument("-h", "--help", action="store_true", help="print this help; nothing runs")
     @argument(
         "--export",
         metavar="PATH",
@@ -109,12 +110,30 @@ class EpochMagics(Magics):
 
         Cell form: ``%%epochprofile [options]`` above an unchanged training cell.
         Line form: ``%epochprofile [options] statement``, like ``%time``.
+
+        The cell stops after its first epoch: when the training loader starts
+        its second pass (or after ``--steps`` / ``--max-seconds``), silently,
+        with a one-line note. This run is your training: its effects on the
+        model and optimizer stay, also under ``--batch-size``, ``--workers``
+        or ``--precision`` (the measured run itself uses that setting).
+
+        The report is a widget dashboard (breakdown, timeline, lines,
+        diagnosis, what-ifs, exports); where widgets cannot show (a terminal,
+        nbconvert, GitHub) the same report comes as text, HTML and PNG, and
+        ``--text`` prints the text. Keep the result with ``-o prof``; then
+        ``prof.rerun(workers=2, ...)`` and ``prof.sweep(batch_size=[64, 128])``
+        re-run the epoch under other settings and measure them, putting your
+        model, optimizer, RNG and loader back exactly as they were.
+
         On CUDA the phases come from CUDA events (asynchronous GPU work is
         credited to the phase that launched it) and ``prof.gpu`` says how long
         the GPU sat idle, where the loop synchronised and the model FLOP
-        utilisation.
+        utilisation; ``prof.compile`` says what torch.compile compiled.
         """
         __tracebackhide__ = True  # noqa: F841
+        if _wants_help(line):
+            print(self.epochprofile.__doc__)  # the options and this text; the cell does not run
+            return
         if cell is None:
             options, statement = split_statement(line)
             if not statement.strip():
@@ -147,6 +166,12 @@ class EpochMagics(Magics):
             modules=args.modules,
             skip_epochs=args.skip_epochs,
         )
+
+
+def _wants_help(line: str) -> bool:
+    """``-h`` / ``--help`` among the options (not inside a profiled statement)."""
+    options, _ = split_statement(line)
+    return any(tok in ("-h", "--help") for tok in options.split())
 
 
 def split_statement(line: str) -> tuple[str, str]:

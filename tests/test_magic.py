@@ -276,3 +276,29 @@ def test_evidence_counts_parameters_and_flops(ip):
     assert ev["flops_per_step"] == pytest.approx(2 * forward + 2 * 32 * 32 * 4)
     assert ev["labels"] and sum(ev["labels"].values()) == 640
     assert all(m.training for m in model.modules())  # FLOPs were counted in eval mode, restored
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_what_the_magic_does_and_runs_nothing(ip, capsys, flag):
+    ip.user_ns["ran"] = False
+    assert ip.run_cell(f"%%epochprofile {flag}\nran = True\n").success
+    assert ip.run_cell(f"%epochprofile {flag}").success
+    assert ip.user_ns["ran"] is False
+    text = capsys.readouterr().out
+    for said in (
+        "--skip-epochs",
+        "stops after its first epoch",
+        "widget dashboard",
+        "text, HTML and PNG",
+        "This run is your training",
+        "prof.rerun(",
+        "prof.sweep(",
+    ):
+        assert said in text
+
+
+def test_question_mark_help_says_it_too(ip):
+    doc = ip.find_cell_magic("epochprofile").__doc__
+    assert "stops after its first epoch" in doc and "widget dashboard" in doc
+    assert "--batch-size" in doc and "effects" in doc and "stay" in doc
+    assert "prof.rerun(" in doc and "prof.sweep(" in doc
