@@ -106,6 +106,7 @@ def data_loading(prof: EpochProfile) -> Finding | None:
             f"the dataset takes {ms(loading['per_sample_s'])} per sample and collate "
             f"{ms(loading['collate_s'])} per batch (timed in this process)"
         )
+        bits.append(_where_the_wait_goes(prof, loading, per_step, workers))
         if "transform_s" in loading:
             bits.append(f"of which its transform takes {ms(loading['transform_s'])} per sample")
         if "worker_per_sample_s" in loading:
@@ -140,6 +141,28 @@ def data_loading(prof: EpochProfile) -> Finding | None:
             f"\ntorch.set_num_threads({suggestion['threads']})"
         )
     return Finding("data_loading", title, "; ".join(bits) + ".", share, suggestion, fix)
+
+
+def _where_the_wait_goes(
+    prof: EpochProfile, loading: dict[str, float], per_step: float, workers: int
+) -> str:
+    """Split a step's wait for its batch into what the timings account for."""
+    batch = int(prof.config.get("batch_size") or 0)
+    dataset = batch * loading["per_sample_s"]
+    collate = loading["collate_s"]
+    if workers == 0:
+        rest = max(0.0, per_step - dataset - collate)
+        return (
+            f"of the {ms(per_step)} a step waits, {ms(dataset)} is the dataset "
+            f"({batch} samples), {ms(collate)} collate and {ms(rest)} the rest of the "
+            "loader (sampler, fetch, pinning)"
+        )
+    in_worker = loading.get("worker_batch_s", dataset + collate)
+    return (
+        f"a batch costs {ms(in_worker)} inside a worker; the {ms(per_step)} the loop still "
+        f"waits per step is {workers} worker(s) not keeping up or the hand-off itself "
+        "(pickling the batch, inter-process queue, unpickling in the main process)"
+    )
 
 
 def worker_startup(prof: EpochProfile) -> Finding | None:

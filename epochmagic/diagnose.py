@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from epochmagic import datafindings, gpufindings
+from epochmagic import datafindings, gpufindings, savings
 from epochmagic.figures import epoch, flop, in_steps, ms, step_times_without_compile
 from epochmagic.profile import EpochProfile, Finding
 from epochmagic.timeline import warmup_count
@@ -59,9 +59,7 @@ def diagnose(prof: EpochProfile) -> list[Finding]:
     if prof.status not in ("ok", "interrupted") or not prof.steps or not prof.wall_s:
         return []
     found = [f for rule in RULES if (f := rule(prof)) is not None]
-    informative = {"model_compute", "imbalance"}
-    actionable = sorted((f for f in found if f.code not in informative), key=lambda f: -f.share)
-    return actionable + [f for f in found if f.code in informative]
+    return savings.rank(savings.with_predictions(prof, found))
 
 
 # -- rules ----------------------------------------------------------------------------

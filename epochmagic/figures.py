@@ -30,6 +30,9 @@ def cores(prof: EpochProfile) -> int:
 
 
 def ms(s: float) -> str:
+    """Milliseconds; below 0.1 ms in microseconds, so time spent never reads 0.0 ms."""
+    if 0 < abs(s) < 1e-4:
+        return f"{s * 1e6:.0f} µs"
     return f"{s * 1000:.1f} ms"
 
 

@@ -8,7 +8,7 @@ import html
 from typing import TYPE_CHECKING
 
 from epochmagic import charts
-from epochmagic.textreport import PHASE_ORDER, gpu_summary, header, verdict
+from epochmagic.textreport import PHASE_ORDER, at_stake, gpu_summary, header, verdict
 
 if TYPE_CHECKING:
     from epochmagic.profile import EpochProfile
@@ -57,7 +57,7 @@ def findings_html(prof: EpochProfile) -> str:
     for f in prof.findings:
         parts = [
             f"<b>{html.escape(f.title)}</b> <span class='muted'>[{f.code}, "
-            f"{f.share:.0%} of the epoch]</span><br>{html.escape(f.detail)}"
+            f"{html.escape(at_stake(f))}]</span><br>{html.escape(f.detail)}"
         ]
         if f.suggestion:
             args = ", ".join(f"{k}={v!r}" for k, v in f.suggestion.items())

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2  # 2: `compile`
+SCHEMA_VERSION = 3  # 2: `compile`; 3: `Finding.saving`, `saving_source`
 PHASES = ("data", "transfer", "forward", "backward", "optimizer", "eval", "other")
 
 
@@ -33,9 +33,11 @@ class LineStat:
 
 @dataclass(frozen=True)
 class Finding:
-    """A diagnosed cause: ``share`` of ``epoch_s`` it is about, the ``rerun``
-    keyword arguments that test it (``suggestion``) and the code change
-    (``fix``)."""
+    """A diagnosed cause: ``share`` of the epoch it is about, the ``rerun``
+    keyword arguments that test it (``suggestion``), the code change (``fix``)
+    and ``saving``: the fraction of the epoch the fix is expected to save
+    (None when nothing says how much; ``saving_source`` "predicted" at
+    diagnosis, "measured" once a ``rerun`` of exactly the suggestion ran)."""
 
     code: str
     title: str
@@ -43,6 +45,8 @@ class Finding:
     share: float
     suggestion: dict[str, Any] = field(default_factory=dict)
     fix: str = ""
+    saving: float | None = None
+    saving_source: str | None = None
 
 
 @dataclass
@@ -85,6 +89,9 @@ class EpochProfile:
     # recompiles, graph_breaks, recompile_reasons, graph_break_reasons,
     # compiled_calls, and step_compile_s (compile seconds inside each step)
     compile: dict[str, Any] | None = None
+    # the profiler's own cost in this run, estimated: probe events x their
+    # measured cost (and device readings x theirs on CUDA); see assemble.probe_cost
+    probe_cost_s: float | None = None
 
     # -- derived -------------------------------------------------------------
     @property

@@ -23,12 +23,11 @@ def seconds(s: float | None) -> str:
     return f"{s * 1000:.1f} ms"
 
 
-def verdict(prof: EpochProfile) -> str:
-    """One line: what this epoch is bound by, with the share that says so."""
-    if prof.status == "error":
-        return f"the cell failed: {prof.error}"
-    if prof.steps == 0:
-        return "no training step was seen (no backward() or optimizer step ran)"
+def bottleneck(prof: EpochProfile) -> tuple[str, str] | None:
+    """What the epoch is bound by: (data, transfer, compute, optimizer, eval,
+    other or compile; the one-line verdict), None without steps."""
+    if prof.status == "error" or prof.steps == 0:
+        return None
     total = prof.wall_s or 1.0
     p = prof.phases
     compute = p["forward"] + p["backward"]
@@ -41,16 +40,16 @@ def verdict(prof: EpochProfile) -> str:
         "other": p["other"] / total,
     }
     if shares["data"] >= 0.2:
-        return f"input-bound: {shares['data']:.0%} of the epoch waits for data"
+        return "data", f"input-bound: {shares['data']:.0%} of the epoch waits for data"
     compiling = float((prof.compile or {}).get("compile_s") or 0.0) / total
     if compiling >= 0.5:  # the first epoch of a compiled model: later ones do not pay it
-        return (
+        return "compile", (
             f"compile-bound: {compiling:.0%} of the epoch is torch.compile compiling "
             "(--skip-epochs 1 measures the next epoch)"
         )
     top = max(shares, key=lambda k: shares[k])
     pct = f"{shares[top]:.0%}"
-    return {
+    return top, {
         "data": f"input-bound: {pct} of the epoch waits for data",
         "transfer": f"transfer-bound: {pct} of the epoch copies batches to the device",
         "compute": f"compute-bound: {pct} of the epoch is forward and backward",
@@ -59,6 +58,64 @@ def verdict(prof: EpochProfile) -> str:
         "other": f"loop-overhead-bound: {pct} of the epoch is Python outside the model, "
         "loader and optimizer",
     }[top]
+
+
+def verdict(prof: EpochProfile) -> str:
+    """One line: what this epoch is bound by, with the share that says so."""
+    if prof.status == "error":
+        return f"the cell failed: {prof.error}"
+    found = bottleneck(prof)
+    if found is None:
+        return "no training step was seen (no backward() or optimizer step ran)"
+    return found[1]
+
+
+# the bottleneck each finding's fix works on
+ADDRESSES = {
+    "data_loading": "data",
+    "worker_startup": "data",
+    "threads": "data",
+    "transfer": "transfer",
+    "precision": "compute",
+    "hardware": "compute",
+    "small_batch": "compute",
+    "optimizer_step": "optimizer",
+    "eval_heavy": "eval",
+    "python_overhead": "other",
+    "sync_points": "other",
+    "gpu_idle": "other",
+    "compile": "compile",
+}
+
+
+def why_first(prof: EpochProfile) -> str | None:
+    """Where the verdict names one bottleneck and the first finding is about
+    another, the line that says why (the ranking is by expected saving)."""
+    found = bottleneck(prof)
+    actionable = [f for f in prof.findings if f.code in ADDRESSES]
+    if found is None or not actionable:
+        return None
+    kind, said = found
+    first = actionable[0]
+    if ADDRESSES.get(first.code) == kind:
+        return None
+    own = next((f for f in actionable if ADDRESSES.get(f.code) == kind), None)
+    name = said.split(":")[0]
+    if own is None:
+        reason = "no fix for it is predicted here"
+    elif own.code == "data_loading" and not own.suggestion:
+        cores = prof.environment.get("cpu_count") or "these"
+        reason = f"more workers are not predicted to help on {cores} cores"
+    elif own.saving is not None:
+        reason = f"{own.code}'s fix is expected to save only {own.saving:.0%}"
+    else:
+        reason = f"nothing says how much {own.code}'s fix would save"
+    gain = (
+        f"{first.code}'s fix is expected to save {first.saving:.0%}"
+        if first.saving is not None
+        else f"{first.code} is about {first.share:.0%} of the epoch"
+    )
+    return f"{name}, but {reason}; {gain}"
 
 
 def header(prof: EpochProfile) -> str:
@@ -152,8 +209,31 @@ def _where(filename: str, lineno: int) -> str:
     return f"{os.path.basename(filename)}:{lineno}"
 
 
+def at_stake(f: Finding) -> str:
+    """The share a finding is about and what its fix is expected to save."""
+    text = f"{f.share:.0%} of the epoch"
+    if f.saving is not None:
+        verb = "saved" if f.saving_source == "measured" else "saves"
+        text += f"; {verb} {f.saving:.0%}, {f.saving_source or 'predicted'}"
+    return text
+
+
+def own_cost(prof: EpochProfile) -> str | None:
+    """The profiler's own cost in this run (an estimate, stated as one)."""
+    if prof.probe_cost_s is None or not prof.wall_s:
+        return None
+    text = (
+        f"the profiler's own cost: ~{seconds(prof.probe_cost_s)} "
+        f"({prof.probe_cost_s / prof.wall_s:.1%} of the epoch; probe events x their "
+        "measured cost)"
+    )
+    if prof.lines_steps:
+        text += f"; hot lines from a separate traced run of {prof.lines_steps} steps"
+    return text
+
+
 def finding_lines(f: Finding) -> list[str]:
-    out = [f"  - [{f.code}] {f.title} ({f.share:.0%} of the epoch)"]
+    out = [f"  - [{f.code}] {f.title} ({at_stake(f)})"]
     out += textwrap.wrap(f.detail, width=96, initial_indent="      ", subsequent_indent="      ")
     if f.suggestion:
         args = ", ".join(f"{k}={v!r}" for k, v in f.suggestion.items())
@@ -166,17 +246,24 @@ def finding_lines(f: Finding) -> list[str]:
 
 
 def render(prof: EpochProfile) -> str:
-    lines = [header(prof), f"verdict: {verdict(prof)}", ""]
+    lines = [header(prof), f"verdict: {verdict(prof)}"]
+    why = why_first(prof)
+    if why:
+        lines.append(f"first finding: {why}")
+    lines.append("")
     if prof.steps or prof.wall_s:
         lines += phase_table(prof)
     gpu = gpu_summary(prof)
     if gpu:
         lines += [gpu]
+    cost = own_cost(prof)
+    if cost:
+        lines += [f"  {cost}"]
     hot = line_rows(prof)
     if hot:
         lines += [""] + hot
     if prof.findings:
-        lines += ["", "findings (ranked by the share of the epoch at stake):"]
+        lines += ["", "findings (ranked by the expected saving, then the share at stake):"]
         for f in prof.findings:
             lines += finding_lines(f)
     if prof.notes:

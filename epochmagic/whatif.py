@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from epochmagic import changes, gpu, loaders, predict
+from epochmagic import changes, gpu, loaders, predict, savings
 from epochmagic import environment as envmod
 from epochmagic.assemble import build_profile
 from epochmagic.changes import PRECISIONS
@@ -136,6 +136,8 @@ def rerun(
         result = _run(base, ctx, setting, plan, n_steps, on_step)
     result.predicted = predicted
     ctx.history.append(result)
+    # the what-if of exactly a finding's suggestion measures its saving
+    savings.remeasured(base, {k: v for k, v in changes.items() if v is not None}, result)
     return result
 
 

@@ -35,6 +35,111 @@ SCREENSHOTS = Path(os.environ.get("EPOCHMAGIC_SCREENSHOTS", Path(__file__).paren
 
 QUICKSTART = Path(__file__).parent.parent / "example_notebooks" / "quickstart.ipynb"
 
+# The viewport widths at which no control may be clipped (docs/testing.md); the
+# screenshot is taken at the first.
+WIDTHS = (1280, 1024)
+# What is checked inside the dashboard's output area, in ipywidgets 8's classes:
+# labelled controls (sliders, dropdown, checkboxes, progress, HTML) and their
+# description labels, readouts, selects, text inputs and areas, buttons, images, boxes
+# (HBox/VBox/GridBox scroll when a child overflows) and the tab labels.
+CONTROLS = ", ".join(
+    [
+        ".widget-inline-hbox",
+        ".widget-label",
+        ".widget-label-basic",
+        ".widget-readout",
+        ".widget-dropdown select",
+        ".widget-text input",
+        ".widget-textarea textarea",
+        "button.jupyter-button",
+        ".widget-image",
+        ".widget-box",
+        ".lm-TabBar-tabLabel",
+    ]
+)
+# Every visible element matching CONTROLS in the dashboard's output area whose
+# content overflows its box (scrollWidth > clientWidth: cut, scrolled, or cut with
+# an ellipsis), a select whose widest option does not fit its text box (a select's
+# scrollWidth does not show that), or whose box reaches past its output area or
+# past an ancestor that clips or scrolls (overflow other than visible); each
+# described as tag.classes "text": what. Also the elements checked, so that a
+# selector matching nothing cannot pass.
+CLIPPED = """(selector) => {
+  const area = [...document.querySelectorAll('.jp-OutputArea-output')]
+    .find(o => o.querySelector('.widget-tab, .jupyter-widget-tab'));
+  if (!area) return {checked: [], bad: ['no output area holds the dashboard']};
+  const name = e => e.tagName.toLowerCase()
+    + [...e.classList].filter(c => !c.startsWith('lm-')).map(c => '.' + c).join('')
+    + ' ' + JSON.stringify((e.innerText || e.value || '').trim().replace(/\\s+/g, ' ').slice(0, 50));
+  const px = x => Math.round(x);
+  const ctx = document.createElement('canvas').getContext('2d');
+  const bad = [], checked = [];
+  for (const el of area.querySelectorAll(selector)) {
+    if (!el.getClientRects().length) continue;  // in a hidden tab
+    checked.push(name(el));
+    if (el.scrollWidth > el.clientWidth + 1)
+      bad.push(`${name(el)}: content ${el.scrollWidth}px wide in a ${el.clientWidth}px box`);
+    if (el.tagName === 'SELECT') {
+      const cs = getComputedStyle(el);
+      ctx.font = `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+      const room = el.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+      for (const o of el.options) {
+        const need = ctx.measureText(o.text).width;
+        if (need > room + 1)
+          bad.push(`${name(el)}: option ${JSON.stringify(o.text)} needs ${px(need)}px, has ${px(room)}px`);
+      }
+    }
+    const r = el.getBoundingClientRect();
+    for (let a = el.parentElement; a; a = a.parentElement) {
+      if (a === area || getComputedStyle(a).overflowX !== 'visible') {
+        const b = a.getBoundingClientRect();
+        if (r.left < b.left - 1 || r.right > b.right + 1) {
+          const where = a === area ? 'its output area' : name(a);
+          bad.push(`${name(el)}: spans x ${px(r.left)}-${px(r.right)}, outside ${where} (${px(b.left)}-${px(b.right)})`);
+          break;
+        }
+      }
+      if (a === area) break;
+    }
+  }
+  return {checked, bad};
+}"""
+# Resolves once the dashboard's output area has kept its size for three frames
+# (Lumino lays out on the animation frame after a resize).
+SETTLED = """() => new Promise(done => {
+  let last = '', same = 0;
+  const tick = () => {
+    const a = [...document.querySelectorAll('.jp-OutputArea-output')]
+      .find(o => o.querySelector('.widget-tab, .jupyter-widget-tab'));
+    const r = a ? a.getBoundingClientRect() : {};
+    const key = [r.left, r.width, r.height, a && a.scrollWidth].join();
+    same = key === last ? same + 1 : 0;
+    last = key;
+    if (same >= 3) done(); else requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+})"""
+
+
+def _clipped_controls(page, app: str) -> list[str]:
+    """At each of WIDTHS, in the Diagnosis and the What-if tab (the export row
+    shows under both), what CLIPPED finds; ends on What-if at WIDTHS[0]."""
+    problems = []
+    for width in (*WIDTHS[1:], WIDTHS[0]):
+        page.set_viewport_size({"width": width, "height": 1500})
+        page.wait_for_function(f"() => window.innerWidth === {width}")
+        for tab in ("Diagnosis", "What-if"):
+            page.get_by_text(tab, exact=True).first.click()
+            page.locator(".widget-tab, .jupyter-widget-tab").first.scroll_into_view_if_needed()
+            page.evaluate(SETTLED)
+            found = page.evaluate(CLIPPED, CONTROLS)
+            problems += [f"{app} at {width}px, {tab} tab: {p}" for p in found["bad"]]
+            seen = " ".join(found["checked"])
+            expected = ("Try it",) if tab == "Diagnosis" else ("precision", "persistent_workers")
+            for text in (*expected, "Export JSON", "Export HTML page"):
+                assert text in seen, f"{app} at {width}px, {tab} tab: no control shows {text!r}"
+    return problems
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -133,7 +238,7 @@ def test_dashboard_renders_and_a_what_if_runs_from_the_browser(server, app):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 1500})
+        page = browser.new_page(viewport={"width": WIDTHS[0], "height": 1500})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         try:
@@ -183,7 +288,11 @@ def test_dashboard_renders_and_a_what_if_runs_from_the_browser(server, app):
                 ".some(r => r.textContent.includes('workers=1'))",
                 timeout=120_000,
             )
+            problems = _clipped_controls(page, app)
             page.screenshot(path=str(SCREENSHOTS / f"dashboard-{app}.png"), full_page=True)
+            assert not problems, "controls clipped or overflowing their box:\n" + "\n".join(
+                problems
+            )
             assert page.locator(".jp-Dialog").count() == 0
             if app == "lab":
                 assert not errors, errors

@@ -443,3 +443,106 @@ def test_a_failed_probe_is_tried_again(monkeypatch):
         5e14,
         "measured: large BF16 matmul on this GPU",
     )
+
+
+# -- ranking by expected saving ------------------------------------------------------------
+def test_findings_rank_by_expected_saving_then_share():
+    from epochmagic.profile import Finding
+    from epochmagic.savings import rank
+
+    def f(code, share, saving):
+        return Finding(code, code, "", share, saving=saving)
+
+    ranked = rank(
+        [
+            f("model_compute", 0.9, None),
+            f("python_overhead", 0.5, None),
+            f("step_time_growth", 0.3, -0.05),
+            f("data_loading", 0.4, 0.02),
+            f("precision", 0.6, 0.25),
+            f("warmup", 0.2, None),
+            f("optimizer_step", 0.1, 0.08),
+        ]
+    )
+    assert [x.code for x in ranked] == [
+        "precision",  # numbers first, largest first
+        "optimizer_step",
+        "data_loading",
+        "python_overhead",  # None after the numbers, by share
+        "warmup",
+        "step_time_growth",  # a negative saving last
+        "model_compute",  # informative findings after every actionable one
+    ]
+
+
+def test_predicted_savings_never_exceed_the_share_and_say_where_they_come_from():
+    prof = make(
+        {"forward": 0.02, "backward": 0.03},
+        evidence={"params": 10, "cpu_bf16": True, "flops_per_step": 1e9},
+    )
+    found = {f.code: f for f in diagnose(prof)}
+    p = found["precision"]
+    assert p.saving_source == "predicted"
+    assert p.saving == pytest.approx(p.share * (1 - 1 / 1.7))
+    assert all(f.saving is None or f.saving <= f.share + 1e-12 for f in found.values())
+    assert found["model_compute"].saving is None
+
+
+def test_a_rerun_of_a_suggestion_replaces_its_prediction_with_the_measurement():
+    from epochmagic.profile import Finding
+    from epochmagic.savings import remeasured
+
+    base = make()
+    base.findings = [
+        Finding(
+            "precision", "p", "", 0.6, {"precision": "bf16"}, saving=0.3, saving_source="predicted"
+        ),
+        Finding(
+            "data_loading", "d", "", 0.4, {"workers": 2}, saving=0.2, saving_source="predicted"
+        ),
+    ]
+    slower = EpochProfile(status="ok", epoch_s=base.epoch_s * 1.05)
+    assert not remeasured(base, {"workers": 3}, slower)  # not a suggestion
+    assert remeasured(base, {"precision": "bf16"}, slower)
+    assert [f.code for f in base.findings] == ["data_loading", "precision"]
+    measured = base.findings[1]
+    assert measured.saving_source == "measured" and measured.saving == pytest.approx(-0.05)
+
+
+def test_the_first_finding_says_why_when_it_is_not_the_bottlenecks():
+    from epochmagic.profile import Finding
+    from epochmagic.textreport import render, why_first
+
+    prof = make({"data": 0.006, "forward": 0.004, "backward": 0.006})
+    prof.findings = [
+        Finding("precision", "p", "", 0.6, {"precision": "bf16"}, saving=0.22),
+        Finding("data_loading", "d", "", 0.3, {}, saving=0.01),
+    ]
+    line = why_first(prof)
+    assert line == (
+        "input-bound, but more workers are not predicted to help on 2 cores; "
+        "precision's fix is expected to save 22%"
+    )
+    assert f"first finding: {line}" in render(prof)
+    prof.findings.reverse()
+    assert why_first(prof) is None  # the first finding is the bottleneck's
+
+
+def test_times_below_a_tenth_of_a_millisecond_read_in_microseconds():
+    from epochmagic.figures import ms
+
+    assert ms(0.00003) == "30 µs" and ms(0.0) == "0.0 ms" and ms(0.0042) == "4.2 ms"
+
+
+def test_a_profile_saved_by_the_first_version_loads(tmp_path):
+    from pathlib import Path
+
+    from epochmagic.profile import SCHEMA_VERSION
+
+    path = Path(__file__).parent / "data" / "profile_v1.json"
+    prof = EpochProfile.load(path)
+    assert prof.steps == 16 and prof.findings and prof.compile is None
+    assert all(f.saving is None and f.saving_source is None for f in prof.findings)
+    assert "epochmagic" in prof.text()  # it renders
+    again = EpochProfile.load(prof.save(tmp_path / "again.json"))
+    assert again.to_dict()["schema_version"] == SCHEMA_VERSION

@@ -302,3 +302,12 @@ def test_question_mark_help_says_it_too(ip):
     assert "stops after its first epoch" in doc and "widget dashboard" in doc
     assert "--batch-size" in doc and "effects" in doc and "stay" in doc
     assert "prof.rerun(" in doc and "prof.sweep(" in doc
+
+
+def test_the_report_states_the_profilers_own_cost(ip):
+    run(ip, SETUP)
+    run(ip, "%%epochprofile -o prof --text --no-lines\n" + LOOP)
+    prof = ip.user_ns["prof"]
+    # about 2 us per probe event, and several events a step
+    assert prof.steps * 4e-6 < prof.probe_cost_s < prof.wall_s
+    assert "the profiler's own cost: ~" in prof.text()

@@ -342,3 +342,23 @@ def test_what_ifs_on_the_core_cell_shapes(ip, shape):
         assert r.status == "ok" and r.steps == 3, (kw, r.error)
         assert same(before, state(ip.user_ns))
     assert prof.rerun(batch_size=64, steps=3).steps_per_epoch == 8
+
+
+def test_trying_a_findings_suggestion_measures_its_saving(ip, base):
+    """The Try it of a finding is ``rerun(**suggestion)``: afterwards the
+    finding carries the measured saving and the findings re-rank."""
+    from epochmagic.profile import Finding
+
+    base.findings = [
+        Finding(
+            "small_batch", "t", "", 0.5, {"batch_size": 64}, saving=0.1, saving_source="predicted"
+        ),
+        *base.findings,
+    ]
+    r = base.rerun(batch_size=64, steps=4)
+    assert r.status == "ok"
+    tried = next(f for f in base.findings if f.code == "small_batch")
+    assert tried.saving_source == "measured"
+    assert tried.saving == pytest.approx(1 - r.epoch_s / base.epoch_s)
+    numbers = [f.saving for f in base.findings if f.saving is not None and f.saving >= 0]
+    assert numbers == sorted(numbers, reverse=True)
