@@ -34,6 +34,17 @@ THRESHOLDS: dict[str, tuple[float, str]] = {
     ),
     "eval_share": (0.20, "evaluation share of the epoch"),
     "warmup_share": (0.05, "extra time of the warm-up steps over the steady median"),
+    "warmup_min_s": (
+        0.05,
+        "seconds: a warm-up shorter than this is not worth a finding, whatever the epoch's "
+        "length (the control cell's first bf16 step took ~12 ms extra, 9 % of its 0.15 s epoch)",
+    ),
+    "warmup_noise_mads": (
+        3.0,
+        "a warm-up step must be slower than the steady median plus 3 robust standard "
+        "deviations (and than the steady steps' 90th percentile): the control cell's noise "
+        "raised a false warm-up alarm without it",
+    ),
     "compile_share": (
         0.05,
         "torch.compile seconds in the epoch worth naming, as for warm-up (any recompile is "
@@ -205,16 +216,25 @@ def warmup(prof: EpochProfile) -> Finding | None:
     w = warmup_count(times)
     if not w:
         return None
-    steady = statistics.median(times[w:])
-    extra = sum(max(0.0, x - steady) for x in times[:w])
+    steady = times[w:]
+    med = statistics.median(steady)
+    # Warm-up is the leading run of steps slower than the steady steps' own
+    # spread: a step inside the noise band, or a late spike, is not warm-up.
+    mad = statistics.median(abs(x - med) for x in steady)
+    high = sorted(steady)[int(0.9 * (len(steady) - 1))]
+    band = med + max(t("warmup_noise_mads") * 1.4826 * mad, high - med)
+    lead = 0
+    while lead < w and times[lead] > band:
+        lead += 1
+    extra = sum(x - med for x in times[:lead])
     if prof.config.get("workers"):
         extra = max(0.0, extra - datafindings.startup_excess(prof))  # that is `worker_startup`'s
     share = extra / epoch(prof)
-    if share < t("warmup_share"):
+    if not lead or share < t("warmup_share") or extra < t("warmup_min_s"):
         return None
     return Finding(
         "warmup",
-        f"The first {w} step{'s' if w > 1 else ''} take {ms(extra)} extra",
+        f"The first {lead} step{'s' if lead > 1 else ''} take {ms(extra)} extra",
         f"warm-up (allocator, autotuning, compilation, lazy initialisation) costs {share:.0%} "
         "of this epoch; it is paid once per process, so later epochs are faster than this one.",
         share,

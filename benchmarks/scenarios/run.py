@@ -233,13 +233,23 @@ def run_one(ip: Any, name: str) -> tuple[bool, list[Any]]:
 def main() -> None:
     p = c.parser(__doc__ or "")
     p.add_argument("--only", default=None)
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each scenario N times and count how often it came out as expected "
+        "(for the control: how often nothing fired, the false-alarm rate)",
+    )
     args = p.parse_args()
     ip = c.start_shell(args.threads)
     c.header("epochmagic planted scenarios", args)
+    names = [n for n in SCENARIOS if not args.only or n == args.only]
+    if args.repeat > 1:
+        repeated(ip, names, args.repeat)
+        return
     rows, oks = [], []
-    for name in SCENARIOS:
-        if args.only and name != args.only:
-            continue
+    for name in names:
         ok, row = run_one(ip, name)
         oks.append(ok)
         rows.append(row)
@@ -249,6 +259,23 @@ def main() -> None:
         )
     )
     c.verdict("planted scenarios", all(oks), f"{sum(oks)}/{len(oks)} as expected")
+
+
+def repeated(ip: Any, names: list[str], n: int) -> None:
+    """Each scenario n times: how often it came out as expected, and what
+    fired when it did not."""
+    rows, all_ok = [], True
+    for name in names:
+        oks, wrong = 0, []
+        for _ in range(n):
+            ok, row = run_one(ip, name)
+            oks += ok
+            if not ok:
+                wrong.append(row[2])
+        all_ok = all_ok and oks == n
+        rows.append([name, f"{oks}/{n}", ", ".join(sorted(set(wrong))) or "-"])
+    print(c.table(["scenario", "as expected", "instead"], rows))
+    c.verdict("planted scenarios, repeated", all_ok, f"{n} runs each")
 
 
 if __name__ == "__main__":
