@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -121,6 +122,23 @@ SETTLED = """() => new Promise(done => {
 })"""
 
 
+def _dashboard(page):
+    """The output area that holds the dashboard. Texts are looked up inside it:
+    page-wide, Lab's and Notebook 7's table of contents lists the report's
+    headings too ("Diagnosis"), hidden in a closed side panel."""
+    return (
+        page.locator(".jp-OutputArea-output")
+        .filter(has=page.locator(".widget-tab, .jupyter-widget-tab"))
+        .first
+    )
+
+
+def _open_tab(page, title: str) -> None:
+    _dashboard(page).locator(".lm-TabBar-tab").filter(
+        has_text=re.compile(f"^{re.escape(title)}$")
+    ).first.click()
+
+
 def _clipped_controls(page, app: str) -> list[str]:
     """At each of WIDTHS, in the Diagnosis and the What-if tab (the export row
     shows under both), what CLIPPED finds; ends on What-if at WIDTHS[0]."""
@@ -129,8 +147,8 @@ def _clipped_controls(page, app: str) -> list[str]:
         page.set_viewport_size({"width": width, "height": 1500})
         page.wait_for_function(f"() => window.innerWidth === {width}")
         for tab in ("Diagnosis", "What-if"):
-            page.get_by_text(tab, exact=True).first.click()
-            page.locator(".widget-tab, .jupyter-widget-tab").first.scroll_into_view_if_needed()
+            _open_tab(page, tab)
+            _dashboard(page).scroll_into_view_if_needed()
             page.evaluate(SETTLED)
             found = page.evaluate(CLIPPED, CONTROLS)
             problems += [f"{app} at {width}px, {tab} tab: {p}" for p in found["bad"]]
@@ -266,9 +284,9 @@ def test_dashboard_renders_and_a_what_if_runs_from_the_browser(server, app):
                 ".some(i => i.naturalWidth > 100)",
                 timeout=30_000,
             )
-            page.get_by_text("Diagnosis", exact=True).first.click()
-            page.get_by_text("input-bound").first.wait_for(timeout=10_000)
-            page.get_by_text("What-if", exact=True).first.click()
+            _open_tab(page, "Diagnosis")
+            _dashboard(page).get_by_text("input-bound").first.wait_for(timeout=10_000)
+            _open_tab(page, "What-if")
             slider = page.locator(".widget-slider").filter(has_text="workers").first
             slider.scroll_into_view_if_needed()
             readout = slider.locator(".widget-readout").first  # editable in ipywidgets 8
