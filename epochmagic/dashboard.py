@@ -10,10 +10,23 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from epochmagic import changes, charts, htmlreport, whatif
-from epochmagic.textreport import gpu_summary, header, verdict
+from epochmagic.textreport import at_stake, gpu_summary, header, verdict, why_first
 
 if TYPE_CHECKING:
     from epochmagic.profile import EpochProfile
+
+# Layout: nothing may be cut at a 1024 px wide window, where JupyterLab with its
+# file browser open leaves the output about 560 px. Rows wrap instead of running
+# past the right edge; descriptions take the width their text needs (ipywidgets
+# cuts them at 80 px with an ellipsis otherwise); buttons are as wide as their
+# label (148 px by default, which cut "Export Perfetto trace").
+_FIT = {"description_width": "initial"}
+_CELL = 260  # px: the narrowest what-if grid column; a control fills its column
+_WRAP = {"flex_flow": "row wrap", "align_items": "center"}
+
+
+def _button_layout(min_width: str = "120px") -> dict[str, str]:
+    return {"width": "auto", "min_width": min_width, "flex": "0 0 auto"}
 
 
 class _Bar:
@@ -50,9 +63,15 @@ class Dashboard:
         self.labels: list[str] = []
         self.out = w.Output(layout={"max_height": "240px", "overflow": "auto"})
         gpu = gpu_summary(prof)
+        why = why_first(prof)
         head = w.HTML(
             f"<b>{html.escape(header(prof))}</b><br><span style='font-size:15px'>"
             f"{html.escape(verdict(prof))}</span>"
+            + (
+                f"<br><span style='color:#555'>first finding: {html.escape(why)}</span>"
+                if why
+                else ""
+            )
             + (f"<br><span style='color:#555'>{html.escape(gpu)}</span>" if gpu else "")
         )
         self.tabs = w.Tab(
@@ -70,7 +89,7 @@ class Dashboard:
 
     # -- tabs ----------------------------------------------------------------------
     def _image(self, png: bytes) -> Any:
-        return self.w.Image(value=png, format="png", layout={"max_width": "820px"})
+        return self.w.Image(value=png, format="png", layout={"max_width": "min(820px, 100%)"})
 
     def _breakdown(self) -> Any:
         parts = [self.w.HTML(htmlreport.phase_table(self.prof))]
@@ -95,7 +114,7 @@ class Dashboard:
             parts = [
                 w.HTML(
                     f"<b>{html.escape(f.title)}</b> <span style='color:#666'>"
-                    f"[{f.code}, {f.share:.0%} of the epoch]</span><br>"
+                    f"[{f.code}, {html.escape(at_stake(f))}]</span><br>"
                     f"{html.escape(f.detail)}"
                 )
             ]
@@ -104,7 +123,7 @@ class Dashboard:
                     w.Textarea(
                         value=f.fix,
                         rows=min(4, f.fix.count("\n") + 1),
-                        layout={"width": "720px"},
+                        layout={"width": "auto", "max_width": "720px"},
                         description="fix",
                     )
                 )
@@ -112,6 +131,7 @@ class Dashboard:
                 button = w.Button(
                     description="Try it",
                     tooltip=", ".join(f"{k}={v}" for k, v in f.suggestion.items()),
+                    layout=_button_layout(),
                 )
                 button.on_click(lambda _b, s=f.suggestion: self.try_it(s))
                 parts.append(button)
@@ -125,41 +145,78 @@ class Dashboard:
         cores = int(self.prof.environment.get("cpu_count") or os.cpu_count() or 1)
         bs = int(cfg.get("batch_size") or 0)
         sizes = sorted({2**i for i in range(0, 13)} | ({bs} if bs else set()))
+        # each control fills its grid column (width auto), description as wide as its text
+        fit: dict[str, Any] = {"style": _FIT, "layout": {"width": "auto"}}
         self.c_batch = w.SelectionSlider(
-            options=sizes, value=bs if bs else 1, description="batch size", disabled=not bs
+            options=sizes, value=bs if bs else 1, description="batch size", disabled=not bs, **fit
         )
         self.c_workers = w.IntSlider(
-            value=int(cfg.get("workers") or 0), min=0, max=cores, description="workers"
+            value=int(cfg.get("workers") or 0), min=0, max=cores, description="workers", **fit
         )
+        precisions = self._precisions()
         self.c_precision = w.Dropdown(
-            options=self._precisions(),
+            options=precisions,
             value=cfg.get("precision") or "fp32",
             description="precision",
+            style=_FIT,
+            # an option that says why the device cannot run it needs the whole row
+            # (grid_area, not grid_column: ipywidgets applies grid_area last, and
+            # clearing it clears grid-column too)
+            layout={"width": "auto", "grid_area": "auto / 1 / auto / -1"}
+            if max(len(label) for label, _ in precisions) > 16
+            else {"width": "auto"},
         )
         self.c_threads = w.IntSlider(
-            value=int(cfg.get("threads") or 1), min=1, max=cores, description="threads"
+            value=int(cfg.get("threads") or 1), min=1, max=cores, description="threads", **fit
         )
-        self.c_pin = w.Checkbox(value=bool(cfg.get("pin_memory")), description="pin_memory")
+        self.c_pin = w.Checkbox(
+            value=bool(cfg.get("pin_memory")), description="pin_memory", indent=False, **fit
+        )
         self.c_persistent = w.Checkbox(
-            value=bool(cfg.get("persistent_workers")), description="persistent_workers"
+            value=bool(cfg.get("persistent_workers")),
+            description="persistent_workers",
+            indent=False,
+            **fit,
         )
         self.c_prefetch = w.IntSlider(
-            value=int(cfg.get("prefetch_factor") or 2), min=1, max=8, description="prefetch"
+            value=int(cfg.get("prefetch_factor") or 2),
+            min=1,
+            max=8,
+            description="prefetch",
+            **fit,
         )
-        self.c_fused = w.Checkbox(value=bool(cfg.get("fused")), description="fused optimizer")
+        self.c_fused = w.Checkbox(
+            value=bool(cfg.get("fused")), description="fused optimizer", indent=False, **fit
+        )
         most = self.prof.steps_per_epoch or 200
         self.c_steps = w.IntSlider(
             value=min(whatif.DEFAULT_STEPS, most),
             min=1,
             max=max(1, min(most, 500)),
             description="steps",
+            **fit,
         )
-        self.run_button = w.Button(description="Run", button_style="primary")
-        self.fastest_button = w.Button(description="Find fastest")
-        self.progress = w.IntProgress(value=0, min=0, max=1, description="idle")
+        self.run_button = w.Button(
+            description="Run", button_style="primary", layout=_button_layout()
+        )
+        self.fastest_button = w.Button(description="Find fastest", layout=_button_layout())
+        # the description becomes "what-if <setting>" (up to 40 characters, ~330 px)
+        # during a run: 420 px leave the bar room; where the buttons leave less, the
+        # progress takes a line of its own
+        self.progress = w.IntProgress(
+            value=0,
+            min=0,
+            max=1,
+            description="idle",
+            style=_FIT,
+            layout={"width": "auto", "flex": "1 1 420px"},
+        )
         self.prediction = w.HTML()
         self.table = w.HTML(self._table())
-        self.chart = w.Image(format="png", layout={"max_width": "820px"})
+        # hidden until there is a chart: an empty Image shows as a broken picture
+        self.chart = w.Image(
+            format="png", layout={"max_width": "min(820px, 100%)", "display": "none"}
+        )
         self.run_button.on_click(lambda _b: self.run())
         self.c_precision.observe(lambda _c: self._check_precision(), names="value")
         self.fastest_button.on_click(lambda _b: self.find_fastest())
@@ -176,11 +233,21 @@ class Dashboard:
             self.run_button,
             self.fastest_button,
         ]
-        grid = w.GridBox(self.controls[:9], layout={"grid_template_columns": "repeat(3, 300px)"})
+        grid = w.GridBox(
+            self.controls[:9],
+            layout={
+                # as many columns as fit, at least _CELL px each (three at 1024 px in
+                # Notebook 7, two in JupyterLab with its side panel open)
+                "grid_template_columns": f"repeat(auto-fill, minmax({_CELL}px, 1fr))",
+                "grid_gap": "2px 16px",
+                "grid_auto_flow": "row dense",  # a full-width dropdown leaves no hole
+                "align_items": "center",
+            },
+        )
         return w.VBox(
             [
                 grid,
-                w.HBox([self.run_button, self.fastest_button, self.progress]),
+                w.HBox([self.run_button, self.fastest_button, self.progress], layout=_WRAP),
                 self.prediction,
                 self.table,
                 self.chart,
@@ -225,10 +292,10 @@ class Dashboard:
             ("Perfetto trace", ".trace.json"),
             ("HTML page", ".html"),
         ):
-            b = w.Button(description=f"Export {label}")
+            b = w.Button(description=f"Export {label}", layout=_button_layout("148px"))
             b.on_click(lambda _b, s=suffix: self.export(f"epochmagic_profile{s}"))
             buttons.append(b)
-        return w.HBox(buttons)
+        return w.HBox(buttons, layout=_WRAP)
 
     # -- actions --------------------------------------------------------------------
     def setting(self) -> dict[str, Any]:
@@ -312,6 +379,7 @@ class Dashboard:
         pred = (result.predicted or {}).get("epoch_s")
         # chart and progress first: the table row is what tells a watcher the run is done
         self.chart.value = charts.comparison(self.prof, self.results, self.labels)
+        self.chart.layout.display = None
         self.progress.description = "done"
         self.prediction.value = (
             f"<b>{html.escape(label)}</b>: predicted {pred:.2f} s before the run"

@@ -8,7 +8,7 @@ import html
 from typing import TYPE_CHECKING
 
 from epochmagic import charts
-from epochmagic.textreport import PHASE_ORDER, at_stake, gpu_summary, header, verdict
+from epochmagic.textreport import PHASE_ORDER, at_stake, gpu_summary, header, verdict, why_first
 
 if TYPE_CHECKING:
     from epochmagic.profile import EpochProfile
@@ -91,6 +91,9 @@ def report(prof: EpochProfile, with_charts: bool = True) -> str:
         f"<div>{html.escape(header(prof))}</div>",
         f"<div class='verdict'>{html.escape(verdict(prof))}</div>",
     ]
+    why = why_first(prof)
+    if why:
+        parts.append(f"<div class='muted'>first finding: {html.escape(why)}</div>")
     if with_charts and prof.steps:
         parts.append(png_tag(charts.breakdown(prof), "phase breakdown"))
     parts.append(phase_table(prof))

@@ -55,6 +55,7 @@ CONTROLS = ", ".join(
         "button.jupyter-button",
         ".widget-image",
         ".widget-box",
+        ".widget-gridbox",
         ".lm-TabBar-tabLabel",
     ]
 )

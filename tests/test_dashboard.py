@@ -41,6 +41,7 @@ def test_run_button_adds_a_measured_row(prof):
     from epochmagic.dashboard import Dashboard
 
     d = Dashboard(prof)
+    assert d.chart.layout.display == "none"  # no broken picture before the first run
     d.c_batch.value = 64
     d.c_steps.value = 4
     d.run_button.click()
@@ -49,6 +50,24 @@ def test_run_button_adds_a_measured_row(prof):
     assert "batch_size=64" in d.table.value and bytes(d.chart.value).startswith(b"\x89PNG")
     assert "predicted" in d.prediction.value
     assert not d.run_button.disabled  # controls are enabled again after the run
+    assert d.chart.layout.display is None
+
+
+def test_what_if_controls_and_export_buttons_wrap_instead_of_clipping(prof):
+    """The layout the browser test checks at 1024 and 1280 px (tests/test_browser.py),
+    as widget settings: rows wrap, descriptions and buttons take their text's width."""
+    from epochmagic.dashboard import Dashboard
+
+    d = Dashboard(prof)
+    grid, buttons = d.tabs.children[4].children[:2]
+    assert grid.children == tuple(d.controls[:9])
+    assert "auto-fill" in grid.layout.grid_template_columns
+    assert buttons.layout.flex_flow == d.widget.children[2].layout.flex_flow == "row wrap"
+    for c in d.controls[:9]:
+        assert c.layout.width == "auto" and c.style.description_width == "initial"
+    for b in [d.run_button, d.fastest_button, *d.widget.children[2].children]:
+        assert b.layout.width == "auto"
+    assert d.progress.style.description_width == "initial"
 
 
 def test_try_it_sets_the_controls_and_runs(prof):
@@ -109,6 +128,7 @@ def test_a_precision_the_device_cannot_run_disables_run(prof, monkeypatch):
     d = Dashboard(prof)
     labels = dict((v, lbl) for lbl, v in d.c_precision.options)
     assert "cannot run" in labels["fp16"] and labels["bf16"] == "bf16"
+    assert d.c_precision.layout.grid_area == "auto / 1 / auto / -1"  # a row of its own
     d.c_precision.value = "fp16"
     assert d.run_button.disabled and "cannot run" in d.prediction.value
     d.c_precision.value = "fp32"
