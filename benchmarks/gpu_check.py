@@ -47,8 +47,8 @@ On any machine with CUDA, IPython and this checkout::
     python benchmarks/gpu_check.py --out DIR  # and each profile as JSON in DIR
 
 It exits 0 whatever the verdicts (2 if the script itself breaks in ``--smoke``).
-On a machine without IPython (the lent GPU machines), carry the wheels from
-``benchmarks/gpu_wheels.sh``::
+On a machine without IPython (and no network), copy over the wheels that
+``benchmarks/gpu_wheels.sh`` downloads elsewhere into ``.whl/``::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \\
       && PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py

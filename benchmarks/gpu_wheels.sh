@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Wheels the GPU machine lacks (its image has torch, matplotlib, tqdm, numpy,
-# pygments, psutil, but no IPython), for its Python 3.12, into .whl/ (ignored
-# by git; carry it: run(carry=[".whl"], ...)). See benchmarks/gpu_check.py.
+# Wheels a GPU machine without IPython needs (one whose image has torch,
+# matplotlib, tqdm, numpy, pygments, psutil and pytest but no IPython), for
+# Python 3.12, into .whl/ (ignored by git): copy the folder to that machine and
+# `pip install --no-index --no-deps --target /tmp/site .whl/*.whl`, then run
+# with PYTHONPATH=/tmp/site:. (see benchmarks/gpu_check.py and docs/testing.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl

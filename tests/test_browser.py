@@ -16,8 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import nbformat
 import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed")
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
