@@ -357,7 +357,7 @@ def test_trying_a_findings_suggestion_measures_its_saving(ip, base):
     ]
     r = base.rerun(batch_size=64, steps=4)
     assert r.status == "ok"
-    tried = next(f for f in base.findings if f.code == "small_batch")
+    tried = next(f for f in base.findings if f.title == "t")  # the one planted here
     assert tried.saving_source == "measured"
     assert tried.saving == pytest.approx(1 - r.epoch_s / base.epoch_s)
     numbers = [f.saving for f in base.findings if f.saving is not None and f.saving >= 0]
