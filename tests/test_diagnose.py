@@ -546,3 +546,23 @@ def test_a_profile_saved_by_the_first_version_loads(tmp_path):
     assert "epochmagic" in prof.text()  # it renders
     again = EpochProfile.load(prof.save(tmp_path / "again.json"))
     assert again.to_dict()["schema_version"] == SCHEMA_VERSION
+
+
+def test_warmup_holds_against_noise_and_names_real_warmup():
+    """Warm-up is the leading run of steps slower than the steady steps'
+    spread, worth at least 50 ms: a noisy first step, a late spike or a tiny
+    first-step cost is not one; a lazy initialisation is."""
+    import random
+
+    rng = random.Random(0)
+    noisy = [0.010 * (1 + 0.15 * rng.random()) for _ in range(60)]
+
+    def fires(times):
+        return any(f.code == "warmup" for f in diagnose(make(step_times=times)))
+
+    assert not fires([0.0115, *noisy[1:]])  # first step inside the noise band
+    assert not fires([*noisy[:3], 0.2, *noisy[4:]])  # a spike that is not the first step
+    assert not fires([0.04, *noisy[1:]])  # 30 ms extra: real, but not worth a finding
+    assert fires([0.6, 0.2, *noisy[2:]])  # lazy initialisation in the first two steps
+    found = next(f for f in diagnose(make(step_times=[0.6, 0.2, *noisy[2:]])) if f.code == "warmup")
+    assert found.title.startswith("The first 2 steps")
