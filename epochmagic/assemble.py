@@ -334,7 +334,7 @@ def _notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
         elif not probes.measured:
             notes.append(
                 f"--skip-epochs {probes.skip_epochs}: the training loader ran only "
-                f"{probes.skipped_epochs + (1 if probes._idle_trained else 0)} epoch(s), so "
+                f"{probes.idle_epochs} epoch(s), so "
                 "no epoch was left to measure"
             )
         else:

@@ -410,6 +410,11 @@ class Probes:
         elif not self._idle_trained:
             self.no_loader_to_skip = True
 
+    @property
+    def idle_epochs(self) -> int:
+        """Epochs of the training loader that ran unmeasured (--skip-epochs)."""
+        return self.skipped_epochs + (1 if self._idle_trained and not self.measured else 0)
+
     def _begin_measuring(self) -> None:
         self.idle = False
         self.measured = True
