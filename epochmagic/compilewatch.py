@@ -111,7 +111,6 @@ class CompileWatch:
         for lst, fn in ((handler.start_callbacks, self._start), (handler.end_callbacks, self._end)):
             if fn in lst:
                 lst.remove(fn)
-        self.patches.show()
 
     def _watch_regions(self, eval_frame: Any, setter: Callable[[Any], Any]) -> None:
         """Compiled code runs between the two calls dynamo's ``compile_wrapper``

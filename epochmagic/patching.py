@@ -97,6 +97,7 @@ class Patches:
         self._hideable: list[tuple[Any, str, Any, bool, Any]] = []  # class __call__ patches
         self._droppable: list[Callable[[], None]] = []
         self._hidden: list[tuple[dict[Any, Any], Any, Any]] | None = None
+        self._unset: list[tuple[Any, str, Any]] = []  # the patches hide() took off
 
     def replace(
         self, owner: Any, name: str, wrapper: Any, hide: bool = False, drop: bool = False
@@ -164,6 +165,7 @@ class Patches:
         for owner, name, wrapper, had_own, original_own in self._hideable:
             if vars(owner).get(name) is wrapper:
                 _unset(owner, name, had_own, original_own)
+                self._unset.append((owner, name, wrapper))
         self._hidden = hidden
 
     def show(self) -> None:
@@ -173,7 +175,8 @@ class Patches:
             return
         for d, key, value in hidden:
             d[key] = value
-        for owner, name, wrapper, _, _ in self._hideable:
+        unset, self._unset = self._unset, []
+        for owner, name, wrapper in unset:
             setattr(owner, name, wrapper)
 
     def close(self) -> None:

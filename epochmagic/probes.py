@@ -212,10 +212,6 @@ class Probes:
             self.passes.clear()
             self._idle_passes.clear()
 
-    def _patch(self, owner: Any, name: str, wrapper: Any) -> Any:
-        """Replace ``owner.name`` and register its exact restoration."""
-        return self.patches.replace(owner, name, wrapper)
-
     def _install(self) -> None:
         self._install_loader()
         self._install_backward()
@@ -376,8 +372,8 @@ class Probes:
             rec.mark(r.NEXT_EXIT, p, batch_info(batch))
             return batch
 
-        self._patch(DataLoader, "__iter__", __iter__)
-        self._patch(dl_mod._BaseDataLoaderIter, "__next__", __next__)
+        self.patches.replace(DataLoader, "__iter__", __iter__)
+        self.patches.replace(dl_mod._BaseDataLoaderIter, "__next__", __next__)
 
     def _keys_for(self, loader: Any) -> frozenset[tuple[str, int]]:
         keys = loader_keys(loader)
@@ -592,8 +588,8 @@ class Probes:
 
         # Tensor.backward calls torch.autograd.backward through the module
         # attribute, so one wrapper sees both (one less layer per step).
-        self._patch(torch.autograd, "backward", wrap(torch.autograd.backward))
-        self._patch(torch.autograd, "grad", wrap(torch.autograd.grad))
+        self.patches.replace(torch.autograd, "backward", wrap(torch.autograd.backward))
+        self.patches.replace(torch.autograd, "grad", wrap(torch.autograd.grad))
 
     def _before_backward(self) -> None:
         # Backward-clocked loops (no optimizer at all): backward N+1 starting
@@ -667,7 +663,9 @@ class Probes:
                 return torch._disable_dynamo(functools.wraps(inner)(zero_grad))
             return zero_grad
 
-        self._patch(torch.optim.Optimizer, "zero_grad", wrap_zero(torch.optim.Optimizer.zero_grad))
+        self.patches.replace(
+            torch.optim.Optimizer, "zero_grad", wrap_zero(torch.optim.Optimizer.zero_grad)
+        )
         self.patches.replace(
             torch.nn.Module, "zero_grad", wrap_zero(torch.nn.Module.zero_grad), drop=True
         )
@@ -686,7 +684,7 @@ class Probes:
                 rec.mark(r.SCALER_SKIP, optimizer)
             return out
 
-        self._patch(scaler_cls, "step", scaler_step)
+        self.patches.replace(scaler_cls, "step", scaler_step)
 
     def _after_step(self, opt: Any, now: float) -> None:
         self._mark_trained()
@@ -738,8 +736,8 @@ class Probes:
 
             return move
 
-        self._patch(torch.Tensor, "to", wrap(torch.Tensor.to))
-        self._patch(torch.Tensor, "cuda", wrap(torch.Tensor.cuda))
+        self.patches.replace(torch.Tensor, "to", wrap(torch.Tensor.to))
+        self.patches.replace(torch.Tensor, "cuda", wrap(torch.Tensor.cuda))
 
     def _install_sync_watch(self, device: DeviceClock) -> None:
         """Synchronising calls, each as a SYNC event at the moment it returned
@@ -763,7 +761,7 @@ class Probes:
                 rec.clock()
             return original_item(t)
 
-        self._patch(torch.Tensor, "item", item)
+        self.patches.replace(torch.Tensor, "item", item)
 
         # an explicit torch.cuda.synchronize() is a sync too; torch's debug mode
         # leaves it out (it is deliberate), the loop still waits in it
@@ -779,7 +777,7 @@ class Probes:
                 on_sync(*caller_outside(sys._getframe(1)))
             return out
 
-        self._patch(torch.cuda, "synchronize", synchronize)
+        self.patches.replace(torch.cuda, "synchronize", synchronize)
 
     # -- stopping -----------------------------------------------------------
     def _check_limits(self, steps: int, now: float, default_seconds: float | None) -> None:

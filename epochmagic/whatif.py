@@ -303,6 +303,9 @@ def _run(
         prof.config["prefetch_factor"] = None
     prof.steps_per_epoch = plan.steps_per_epoch
     prof.epoch_s = _epoch_estimate(base, prof)
+    in_steps = sum(step_times_without_compile(prof))  # as the epoch estimate counts them
+    if prof.samples and in_steps > 0:
+        prof.samples_per_s = prof.samples / in_steps
     prof.notes = [*plan.notes, *_what_ran(prof, n_steps), *_compiled(prof, switched)]
     if run.status == "oom":
         prof.error = f"out of memory at {label(s, base)}: {prof.error}"
@@ -341,10 +344,6 @@ def _compiled(prof: EpochProfile, switched: int) -> list[str]:
     comp = prof.compile
     if not switched or not comp or not comp.get("compiles"):
         return []
-    compile_s = sum(comp.get("step_compile_s") or [])
-    if compile_s and prof.samples:
-        in_steps = sum(prof.step_times) - compile_s
-        prof.samples_per_s = prof.samples / in_steps if in_steps > 0 else prof.samples_per_s
     fresh = comp["compiles"] - comp["recompiles"]
     said = (
         f"compiled {comp['compiles']} time(s) in {comp['compile_s']:.2f} s, kept out of the "
