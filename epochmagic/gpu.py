@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 from epochmagic.devicetime import overlap
+from epochmagic.figures import step_times_without_compile
 from epochmagic.timeline import Timeline, steady_median
 
 # Dense datasheet peaks (no structured sparsity), TFLOP/s: fp32, tf32, bf16/fp16.
@@ -153,12 +154,7 @@ def utilisation(gpu: dict[str, Any] | None, prof: Any) -> None:
 def steady_step_s(prof: Any) -> float | None:
     """Median step time without the warm-up steps (first kernel selection,
     autocast caches) nor the compile seconds inside a step, where recorded."""
-    times = [float(t) for t in prof.step_times]
-    compiled = getattr(prof, "compile", None)
-    per_step = compiled.get("step_compile_s") if isinstance(compiled, dict) else None
-    if isinstance(per_step, list) and len(per_step) == len(times):
-        times = [max(0.0, t - float(c or 0.0)) for t, c in zip(times, per_step)]
-    step_s = steady_median(times)
+    step_s = steady_median(step_times_without_compile(prof))
     return step_s if step_s and step_s > 0 else None
 
 
