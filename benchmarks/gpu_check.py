@@ -586,7 +586,7 @@ def check_truth(ctx: Ctx) -> None:
 def check_a(ctx: Ctx) -> None:
     checks = ctx.checks
     ctx.run(A.format(**ctx.size))
-    from epochmagic import cudaclock
+    from epochmagic.capture import cudaclock
 
     made = cudaclock.make_clock
     cudaclock.make_clock = lambda: None  # the host clock alone: what naive timers see
@@ -795,7 +795,7 @@ def check_d(ctx: Ctx) -> None:
 
 # -- E, F: distortion, the clock's cost ------------------------------------------------------
 def check_distortion(ctx: Ctx) -> None:
-    from epochmagic import cudaclock
+    from epochmagic.capture import cudaclock
 
     checks = ctx.checks
     made = cudaclock.make_clock

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from epochmagic.probes import Probes
-from epochmagic.recorder import Recorder
+from epochmagic.capture.probes import Probes
+from epochmagic.capture.recorder import Recorder
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from epochmagic.profile import EpochProfile, Finding, LineStat
+from epochmagic.model.profile import EpochProfile, Finding, LineStat
 
 __all__ = [
     "EpochProfile",

@@ -17,14 +17,15 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from epochmagic import evidence, gpu
-from epochmagic.assemble import build_profile
-from epochmagic.changes import scaler_note
-from epochmagic.diagnose import diagnose
-from epochmagic.firstrun import FirstRun
-from epochmagic.profile import EpochProfile
-from epochmagic.session import compile_cell, run_cell
-from epochmagic.whatif import attach
+from epochmagic.analysis import gpu
+from epochmagic.analysis.assemble import build_profile
+from epochmagic.diagnosis import evidence
+from epochmagic.diagnosis.diagnose import diagnose
+from epochmagic.model.profile import EpochProfile
+from epochmagic.session.session import compile_cell, run_cell
+from epochmagic.whatif.changes import scaler_note
+from epochmagic.whatif.firstrun import FirstRun
+from epochmagic.whatif.whatif import attach
 
 VALUE_OPTIONS = {
     "-o",
@@ -269,7 +270,7 @@ def profile_source(
             "re-run would compile it again (--no-lines hides this note)"
         )
     elif lines and run.status == "ok" and prof.steps:
-        from epochmagic.lines import attribute_lines
+        from epochmagic.session.lines import attribute_lines
 
         try:
             with first.applied(shell.user_ns):

@@ -6,7 +6,7 @@ stream reaches it; ``wait()`` blocks the host until the stream is drained (what
 ``.item()`` does). Time is virtual (tests of the pure algorithm) or real
 (``clock=time.perf_counter``: a cell run through the magic).
 
-``SimClock`` is a :class:`epochmagic.cudaclock.DeviceClock` over a stream, so
+``SimClock`` is a :class:`epochmagic.capture.cudaclock.DeviceClock` over a stream, so
 the session, probes, timeline and report run their real code on it.
 """
 
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from epochmagic.devicetime import DeviceTime
+from epochmagic.capture.devicetime import DeviceTime
 
 
 class SimStream:

@@ -300,7 +300,7 @@ def test_dynamo_is_not_imported_by_a_cell_that_never_compiles():
     code = (
         "from IPython.testing.globalipapp import start_ipython\n"
         "ip = start_ipython(); ip.run_cell('%load_ext epochmagic')\n"
-        "import epochmagic.evidence as ev; ev._flops = lambda first_call: None\n"
+        "import epochmagic.diagnosis.evidence as ev; ev._flops = lambda first_call: None\n"
         "ip.run_cell('import torch, torch.nn as nn\\nm = nn.Linear(4, 2)')\n"
         "r = ip.run_cell('%%epochprofile --text --steps 3\\n"
         "for i in range(5):\\n    m(torch.randn(2, 4)).sum().backward()')\n"
@@ -315,7 +315,7 @@ def test_dynamo_is_not_imported_by_a_cell_that_never_compiles():
 
 def test_compile_field_round_trips_and_old_profiles_load(tmp_path):
     from epochmagic import EpochProfile
-    from epochmagic.profile import SCHEMA_VERSION
+    from epochmagic.model.profile import SCHEMA_VERSION
 
     prof = EpochProfile(compile={"compile_s": 1.5, "recompiles": 1, "recompile_reasons": ["x"]})
     back = EpochProfile.load(prof.save(tmp_path / "p.json"))
@@ -334,7 +334,7 @@ def _dynamo_as_found(ip, codes: list) -> dict:
     the automatic-dynamic record, a tensor's dynamic marks, torch's counters."""
     import copy
 
-    from epochmagic.compilecopies import cache_entries
+    from epochmagic.whatif.compilecopies import cache_entries
 
     pgo = sys.modules.get("torch._dynamo.pgo")
     config = torch._dynamo.config
@@ -353,7 +353,7 @@ def test_what_ifs_on_a_compiled_model_leave_dynamo_as_they_found_it(ip):
     run(ip, "marked = torch.randn(8, 16); torch._dynamo.mark_dynamic(marked, 0)")
     run(ip, "%%epochprofile -o prof --text --no-lines\n" + loop)
     prof = ip.user_ns["prof"]
-    from epochmagic.compilecopies import cache_entries, compiled_codes
+    from epochmagic.whatif.compilecopies import cache_entries, compiled_codes
 
     codes = [
         c
@@ -384,7 +384,7 @@ def test_what_ifs_on_a_compiled_model_leave_dynamo_as_they_found_it(ip):
 
 def test_a_first_epoch_spent_compiling_is_compile_bound():
     from epochmagic import EpochProfile
-    from epochmagic.textreport import verdict
+    from epochmagic.report.textreport import verdict
 
     prof = EpochProfile(wall_s=10.0, steps=5, compile={"compile_s": 8.0})
     prof.phases["forward"] = 9.0

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from epochmagic import cudaclock
-from epochmagic.cudaclock import (
+from epochmagic.capture import cudaclock
+from epochmagic.capture.cudaclock import (
     SYNC_MESSAGE,
     CudaClock,
     cudart_path,
@@ -28,7 +28,7 @@ from epochmagic.cudaclock import (
     time_readings,
     user_frame,
 )
-from epochmagic.devicetime import overlap
+from epochmagic.capture.devicetime import overlap
 from tests.simdevice import SimStream
 
 

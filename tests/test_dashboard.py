@@ -28,7 +28,7 @@ def test_mimebundle_has_widget_html_png_and_text(prof):
 
 
 def test_dashboard_tabs_and_charts(prof):
-    from epochmagic.dashboard import Dashboard
+    from epochmagic.report.dashboard import Dashboard
 
     d = Dashboard(prof)
     titles = [d.tabs.get_title(i) for i in range(len(d.tabs.children))]
@@ -38,7 +38,7 @@ def test_dashboard_tabs_and_charts(prof):
 
 
 def test_run_button_adds_a_measured_row(prof):
-    from epochmagic.dashboard import Dashboard
+    from epochmagic.report.dashboard import Dashboard
 
     d = Dashboard(prof)
     assert d.chart.layout.display == "none"  # no broken picture before the first run
@@ -56,7 +56,7 @@ def test_run_button_adds_a_measured_row(prof):
 def test_what_if_controls_and_export_buttons_wrap_instead_of_clipping(prof):
     """The layout the browser test checks at 1024 and 1280 px (tests/test_browser.py),
     as widget settings: rows wrap, descriptions and buttons take their text's width."""
-    from epochmagic.dashboard import Dashboard
+    from epochmagic.report.dashboard import Dashboard
 
     d = Dashboard(prof)
     grid, buttons = d.tabs.children[4].children[:2]
@@ -71,7 +71,7 @@ def test_what_if_controls_and_export_buttons_wrap_instead_of_clipping(prof):
 
 
 def test_try_it_sets_the_controls_and_runs(prof):
-    from epochmagic.dashboard import Dashboard
+    from epochmagic.report.dashboard import Dashboard
 
     d = Dashboard(prof)
     d.c_steps.value = 3
@@ -83,7 +83,7 @@ def test_try_it_sets_the_controls_and_runs(prof):
 
 
 def test_find_fastest_sweeps_workers_and_threads(prof):
-    from epochmagic.dashboard import Dashboard
+    from epochmagic.report.dashboard import Dashboard
 
     d = Dashboard(prof)
     d.c_steps.value = 2
@@ -93,7 +93,7 @@ def test_find_fastest_sweeps_workers_and_threads(prof):
 
 
 def test_exports_and_static_page(prof, tmp_path, monkeypatch):
-    from epochmagic.dashboard import Dashboard
+    from epochmagic.report.dashboard import Dashboard
 
     monkeypatch.chdir(tmp_path)
     d = Dashboard(prof)
@@ -117,8 +117,8 @@ def test_magic_export_html(ip, tmp_path):
 
 
 def test_a_precision_the_device_cannot_run_disables_run(prof, monkeypatch):
-    from epochmagic import changes
-    from epochmagic.dashboard import Dashboard
+    from epochmagic.report.dashboard import Dashboard
+    from epochmagic.whatif import changes
 
     def refuse(device, dtype, name):
         if name == "fp16":

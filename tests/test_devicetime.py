@@ -13,8 +13,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from epochmagic import recorder as r
-from epochmagic.devicetime import (
+from epochmagic.analysis.gpu import fields
+from epochmagic.analysis.timeline import analyse
+from epochmagic.capture import recorder as r
+from epochmagic.capture.devicetime import (
     LAG_S,
     DeviceTime,
     busy_intervals,
@@ -22,10 +24,8 @@ from epochmagic.devicetime import (
     drift_corrected,
     overlap,
 )
-from epochmagic.gpu import fields
-from epochmagic.recorder import Pass, Recorder
-from epochmagic.session import to_device_time
-from epochmagic.timeline import analyse
+from epochmagic.capture.recorder import Pass, Recorder
+from epochmagic.session.session import to_device_time
 from tests.simdevice import SimStream
 
 MS = 1e-3

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from epochmagic.diagnose import THRESHOLDS, diagnose
-from epochmagic.profile import PHASES, EpochProfile, LineStat
+from epochmagic.diagnosis.diagnose import THRESHOLDS, diagnose
+from epochmagic.model.profile import PHASES, EpochProfile, LineStat
 
 
 def make(
@@ -343,8 +343,8 @@ def test_precision_on_tensor_cores():
 def test_model_flop_utilisation_against_the_datasheet(monkeypatch):
     import torch
 
-    from epochmagic import gpu as gpumod
-    from epochmagic.gpu import peak_flops, utilisation
+    from epochmagic.analysis import gpu as gpumod
+    from epochmagic.analysis.gpu import peak_flops, utilisation
 
     # an unknown card is probed; with no CUDA (as on any machine, here) nothing to probe
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -368,7 +368,7 @@ def test_model_flop_utilisation_against_the_datasheet(monkeypatch):
 
 # -- MFU from the FLOPs that ran ------------------------------------------------------------
 def test_mfu_takes_the_peak_of_the_precision_the_matmuls_ran_in():
-    from epochmagic.gpu import utilisation
+    from epochmagic.analysis.gpu import utilisation
 
     ev = {"params": 10, "flops_per_step": 1e10, "flops_batch": 64}
     fp32 = on_gpu(make(evidence=dict(ev)))
@@ -391,7 +391,7 @@ def test_mfu_takes_the_peak_of_the_precision_the_matmuls_ran_in():
 
 
 def test_mfu_is_over_the_steady_steps():
-    from epochmagic.gpu import utilisation
+    from epochmagic.analysis.gpu import utilisation
 
     times = [1.0, 0.5] + [0.01] * 18  # first-time kernel selection in the first steps
     prof = on_gpu(make(evidence={"params": 10, "flops_per_step": 1e11}, step_times=times))
@@ -401,7 +401,7 @@ def test_mfu_is_over_the_steady_steps():
 
 
 def test_compile_seconds_inside_steps_are_left_out():
-    from epochmagic.gpu import utilisation
+    from epochmagic.analysis.gpu import utilisation
 
     prof = on_gpu(make(evidence={"params": 10, "flops_per_step": 1e11}, step_times=[0.03] * 10))
     prof.compile = {"step_compile_s": [0.02] * 10}  # as a compiling run records them
@@ -413,7 +413,7 @@ def test_compile_seconds_inside_steps_are_left_out():
 
 
 def test_mfu_above_100_percent_is_a_note_not_a_number():
-    from epochmagic.gpu import utilisation
+    from epochmagic.analysis.gpu import utilisation
 
     prof = on_gpu(make(evidence={"params": 10, "flops_per_step": 1.5e12}, step_times=[0.01] * 20))
     utilisation(prof.gpu, prof)  # 150 TFLOP/s against 67 in fp32
@@ -427,7 +427,7 @@ def test_mfu_above_100_percent_is_a_note_not_a_number():
 def test_a_failed_probe_is_tried_again(monkeypatch):
     import torch
 
-    from epochmagic import gpu as gpumod
+    from epochmagic.analysis import gpu as gpumod
 
     monkeypatch.setattr(gpumod, "_PROBED", {})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -447,8 +447,8 @@ def test_a_failed_probe_is_tried_again(monkeypatch):
 
 # -- ranking by expected saving ------------------------------------------------------------
 def test_findings_rank_by_expected_saving_then_share():
-    from epochmagic.profile import Finding
-    from epochmagic.savings import rank
+    from epochmagic.diagnosis.savings import rank
+    from epochmagic.model.profile import Finding
 
     def f(code, share, saving):
         return Finding(code, code, "", share, saving=saving)
@@ -489,8 +489,8 @@ def test_predicted_savings_never_exceed_the_share_and_say_where_they_come_from()
 
 
 def test_a_rerun_of_a_suggestion_replaces_its_prediction_with_the_measurement():
-    from epochmagic.profile import Finding
-    from epochmagic.savings import remeasured
+    from epochmagic.diagnosis.savings import remeasured
+    from epochmagic.model.profile import Finding
 
     base = make()
     base.findings = [
@@ -510,8 +510,8 @@ def test_a_rerun_of_a_suggestion_replaces_its_prediction_with_the_measurement():
 
 
 def test_the_first_finding_says_why_when_it_is_not_the_bottlenecks():
-    from epochmagic.profile import Finding
-    from epochmagic.textreport import render, why_first
+    from epochmagic.model.profile import Finding
+    from epochmagic.report.textreport import render, why_first
 
     prof = make({"data": 0.006, "forward": 0.004, "backward": 0.006})
     prof.findings = [
@@ -529,7 +529,7 @@ def test_the_first_finding_says_why_when_it_is_not_the_bottlenecks():
 
 
 def test_times_below_a_tenth_of_a_millisecond_read_in_microseconds():
-    from epochmagic.figures import ms
+    from epochmagic.analysis.figures import ms
 
     assert ms(0.00003) == "30 µs" and ms(0.0) == "0.0 ms" and ms(0.0042) == "4.2 ms"
 
@@ -537,7 +537,7 @@ def test_times_below_a_tenth_of_a_millisecond_read_in_microseconds():
 def test_a_profile_saved_by_the_first_version_loads(tmp_path):
     from pathlib import Path
 
-    from epochmagic.profile import SCHEMA_VERSION
+    from epochmagic.model.profile import SCHEMA_VERSION
 
     path = Path(__file__).parent / "data" / "profile_v1.json"
     prof = EpochProfile.load(path)

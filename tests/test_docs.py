@@ -11,7 +11,7 @@ TEXTS = [
     ROOT / "README.md",
     ROOT / "CHANGELOG.md",
     *sorted((ROOT / "docs").glob("*.md")),
-    *sorted((ROOT / "epochmagic").glob("*.py")),
+    *sorted((ROOT / "epochmagic").rglob("*.py")),
     *sorted((ROOT / "tests").glob("*.py")),
     *sorted((ROOT / "benchmarks").rglob("*.py")),
 ]

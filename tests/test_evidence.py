@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from epochmagic import loaders
+from epochmagic.capture import loaders
 from tests.conftest import run
 
 
@@ -74,7 +74,7 @@ for epoch in range(2):
 # -- the FLOPs of one training step, as it ran ------------------------------------------
 def first_call(module, *args, **kwargs):
     """What the probes record of a training forward: module and input shapes."""
-    from epochmagic.batches import signature
+    from epochmagic.capture.batches import signature
 
     return (module, signature(args), signature(tuple(kwargs.values())), tuple(kwargs))
 
@@ -99,7 +99,7 @@ class FrozenBody(torch.nn.Module):
 
 
 def test_a_frozen_body_under_no_grad_gets_no_backward():
-    from epochmagic.evidence import _flops
+    from epochmagic.diagnosis.evidence import _flops
 
     forward, backward = _flops(first_call(FrozenBody(), torch.randn(8, 64)))
     assert forward == linear_flops(8, *[(64, 64)] * 4, (64, 4))
@@ -108,7 +108,7 @@ def test_a_frozen_body_under_no_grad_gets_no_backward():
 
 
 def test_a_trained_mlp_counts_about_three_forwards():
-    from epochmagic.evidence import _flops
+    from epochmagic.diagnosis.evidence import _flops
 
     mlp = torch.nn.Sequential(
         torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.Linear(64, 10)
@@ -121,7 +121,7 @@ def test_a_trained_mlp_counts_about_three_forwards():
 
 
 def test_outputs_in_dicts_and_objects_are_followed():
-    from epochmagic.evidence import _flops
+    from epochmagic.diagnosis.evidence import _flops
 
     class Output:  # like a Hugging Face ModelOutput's attributes
         def __init__(self, logits, extra):
@@ -141,7 +141,7 @@ def test_outputs_in_dicts_and_objects_are_followed():
 
 
 def test_no_output_needing_a_gradient_means_no_backward():
-    from epochmagic.evidence import _flops
+    from epochmagic.diagnosis.evidence import _flops
 
     lin = torch.nn.Linear(8, 8).requires_grad_(False)
     assert _flops(first_call(lin, torch.randn(2, 8))) == (linear_flops(2, (8, 8)), 0.0)
@@ -150,7 +150,7 @@ def test_no_output_needing_a_gradient_means_no_backward():
 def test_the_count_leaves_the_model_and_the_rngs_as_they_were():
     import random
 
-    from epochmagic.evidence import _flops
+    from epochmagic.diagnosis.evidence import _flops
 
     model = torch.nn.Sequential(
         torch.nn.Linear(8, 16),
@@ -177,7 +177,7 @@ def test_the_count_leaves_the_model_and_the_rngs_as_they_were():
 
 
 def test_a_failed_count_is_no_count():
-    from epochmagic.evidence import _flops
+    from epochmagic.diagnosis.evidence import _flops
 
     class Broken(torch.nn.Module):
         def forward(self, x):
@@ -192,7 +192,7 @@ def test_a_failed_count_is_no_count():
 def test_a_compiled_module_is_counted_without_compiling():
     from torch._dynamo.utils import counters
 
-    from epochmagic.evidence import _flops
+    from epochmagic.diagnosis.evidence import _flops
 
     class Outer(torch.nn.Module):  # a compiled submodule runs eagerly too
         def __init__(self) -> None:
@@ -215,7 +215,7 @@ def test_a_compiled_module_is_counted_without_compiling():
 
 
 def test_the_weights_dtype_is_what_most_parameters_are_in():
-    from epochmagic.evidence import _param_dtype
+    from epochmagic.diagnosis.evidence import _param_dtype
 
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 2))
     assert _param_dtype([model]) == "fp32"

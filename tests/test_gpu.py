@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from epochmagic import cudaclock
+from epochmagic.capture import cudaclock
 from tests.conftest import run
 from tests.simdevice import SimClock, SimStream
 from tests.test_cell_shapes import check_phases
@@ -177,7 +177,7 @@ def test_what_if_on_the_device_clock_restores_and_reports(ip, dev):
 
 def test_a_gpu_profile_renders_everywhere_and_round_trips(ip, dev, tmp_path):
     from epochmagic import EpochProfile
-    from epochmagic.dashboard import Dashboard
+    from epochmagic.report.dashboard import Dashboard
 
     run(ip, HEAVY)
     run(ip, LOOP)
@@ -196,9 +196,9 @@ def test_transfers_record_bytes_pinned_and_non_blocking():
     """Any device other than the CPU counts; ``meta`` stands in for CUDA here."""
     import torch
 
-    from epochmagic import recorder as r
-    from epochmagic.probes import Probes
-    from epochmagic.recorder import Recorder
+    from epochmagic.capture import recorder as r
+    from epochmagic.capture.probes import Probes
+    from epochmagic.capture.recorder import Recorder
 
     rec = Recorder()
     x = torch.zeros(4, 8)
@@ -215,7 +215,7 @@ def test_transfers_record_bytes_pinned_and_non_blocking():
 
 
 def test_non_blocking_flag_in_every_spelling():
-    from epochmagic.batches import non_blocking
+    from epochmagic.capture.batches import non_blocking
 
     assert non_blocking((), {"non_blocking": True})
     assert not non_blocking(("cuda",), {})
@@ -329,7 +329,7 @@ def blocking_copies(dev, monkeypatch, copy_s: float) -> None:
     still inside ``to`` (so before the probe knows a copy began)."""
     import torch
 
-    from epochmagic.cudaclock import caller_outside
+    from epochmagic.capture.cudaclock import caller_outside
 
     original_to = torch.Tensor.to
 
@@ -384,9 +384,9 @@ def test_every_spelling_of_a_host_to_device_copy_is_a_transfer(monkeypatch):
 
     import torch
 
-    from epochmagic import recorder as r
-    from epochmagic.probes import Probes
-    from epochmagic.recorder import Recorder
+    from epochmagic.capture import recorder as r
+    from epochmagic.capture.probes import Probes
+    from epochmagic.capture.recorder import Recorder
 
     original_to = torch.Tensor.to
     monkeypatch.setattr(torch.Tensor, "cuda", lambda t, *a, **k: original_to(t, "meta"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from epochmagic.lines import traced_steps
-from epochmagic.profile import EpochProfile
+from epochmagic.model.profile import EpochProfile
+from epochmagic.session.lines import traced_steps
 from tests.conftest import run
 
 SETUP = """
@@ -171,7 +171,7 @@ def test_an_error_points_at_the_users_line_after_leading_blank_lines(ip):
 def test_cell_labels_match_the_prompt_whichever_way_ipython_counts(ip, monkeypatch):
     """IPython 9 increments ``execution_count`` before a cell runs, IPython 8
     after; the label must be the cell's own prompt number either way."""
-    from epochmagic import session
+    from epochmagic.session import session
 
     run(ip, SETUP)
     labels = []

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from epochmagic import EpochProfile, Finding, LineStat
-from epochmagic.profile import SCHEMA_VERSION
-from epochmagic.textreport import render, verdict
+from epochmagic.model.profile import SCHEMA_VERSION
+from epochmagic.report.textreport import render, verdict
 
 
 def sample() -> EpochProfile:
@@ -90,7 +90,7 @@ def test_text_report_and_verdict():
 
 
 def test_other_accelerators_are_said_to_be_host_timed():
-    from epochmagic.assemble import host_timed_note
+    from epochmagic.analysis.assemble import host_timed_note
 
     assert host_timed_note("cpu") is None and host_timed_note("cuda:1") is None
     for device in ("mps", "xpu:0"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from epochmagic.snapshot import Snapshot, rebound_names, unrestorable
+from epochmagic.session.snapshot import Snapshot, rebound_names, unrestorable
 
 
 def state_of(model, opt, sched, scaler, loader) -> dict:

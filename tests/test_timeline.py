@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from epochmagic import recorder as r
-from epochmagic.recorder import Pass
-from epochmagic.timeline import PHASES, analyse, steady_median, warmup_count
+from epochmagic.analysis.timeline import PHASES, analyse, steady_median, warmup_count
+from epochmagic.capture import recorder as r
+from epochmagic.capture.recorder import Pass
 
 
 class Script:

@@ -226,7 +226,7 @@ for epoch in range(2):
 
 
 def test_spawned_workers_cannot_import_a_notebook_dataset(ip, monkeypatch):
-    from epochmagic import loaders
+    from epochmagic.capture import loaders
 
     # as on macOS / Windows, or Linux from Python 3.14 (forkserver)
     monkeypatch.setattr(
@@ -257,7 +257,7 @@ for epoch in range(2):
 
 
 def test_cpu_memory_estimate_refuses_a_batch_that_would_not_fit(ip, base, monkeypatch):
-    from epochmagic import changes
+    from epochmagic.whatif import changes
 
     base.memory["peak_bytes"] = max(base.memory["per_step_bytes"]) + 2**30  # 1 GiB per batch
     monkeypatch.setattr(changes, "available_memory", lambda: 2 * 2**30)
@@ -267,7 +267,7 @@ def test_cpu_memory_estimate_refuses_a_batch_that_would_not_fit(ip, base, monkey
 
 
 def test_predicted_peak_memory_scales_what_a_step_adds():
-    from epochmagic import predict
+    from epochmagic.diagnosis import predict
 
     prof = EpochProfile(
         memory={"kind": "cuda", "peak_bytes": 3 * 2**30, "per_step_bytes": [2**30, 2**30]},
@@ -347,7 +347,7 @@ def test_what_ifs_on_the_core_cell_shapes(ip, shape):
 def test_trying_a_findings_suggestion_measures_its_saving(ip, base):
     """The Try it of a finding is ``rerun(**suggestion)``: afterwards the
     finding carries the measured saving and the findings re-rank."""
-    from epochmagic.profile import Finding
+    from epochmagic.model.profile import Finding
 
     base.findings = [
         Finding(
