@@ -8,7 +8,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from epochmagic.model import registry
 from epochmagic.model.profile import EpochProfile, Finding, LineStat
+from epochmagic.report import charts, htmlreport, textreport, trace
+
+
+def _dashboard(prof: EpochProfile) -> Any:
+    from epochmagic.report.dashboard import Dashboard  # ipywidgets: only when shown
+
+    return Dashboard(prof).widget
+
+
+# EpochProfile's methods reach the report layer through the registry (no cycle)
+registry.provide(
+    text=textreport.render,
+    html_report=htmlreport.report,
+    html_page=htmlreport.page,
+    breakdown_png=charts.breakdown,
+    dashboard=_dashboard,
+    chrome_trace=trace.chrome_trace,
+)
 
 __all__ = [
     "EpochProfile",

@@ -11,33 +11,12 @@ import pytest
 import torch
 import torch.optim.optimizer as optim_mod
 from torch.nn.modules import module as module_mod
-from torch.utils.data import DataLoader
-from torch.utils.data import dataloader as dl_mod
+
+from epochmagic.capture import patching
 
 # One intra-op thread: tiny test models on 2 shared cores otherwise spend most
 # of their time in OpenMP spin-waits whenever another process is busy.
 torch.set_num_threads(1)
-
-PATCHED = [
-    (DataLoader, "__iter__"),
-    (dl_mod._BaseDataLoaderIter, "__next__"),
-    (torch.Tensor, "backward"),
-    (torch.Tensor, "to"),
-    (torch.Tensor, "cuda"),
-    (torch.Tensor, "item"),  # marks the start of a sync on CUDA
-    (torch.cuda, "synchronize"),  # an explicit sync is one too
-    (torch.autograd, "backward"),
-    (torch.autograd, "grad"),
-    (torch.optim.Optimizer, "zero_grad"),
-    (torch.nn.Module, "zero_grad"),
-    (torch.nn.Module, "__call__"),
-    (torch.amp.GradScaler, "step"),
-    # fused what-ifs give optimizers created during the run fused=True
-    (torch.optim.Adam, "__init__"),
-    (torch.optim.AdamW, "__init__"),
-    (torch.optim.SGD, "__init__"),
-    (torch.optim.Adagrad, "__init__"),
-]
 
 
 def _module_classes() -> list[type]:
@@ -49,10 +28,15 @@ def _module_classes() -> list[type]:
     return out
 
 
-def instrumentation_state() -> dict[str, Any]:
+def instrumentation_state(targets: list[tuple[Any, str]]) -> dict[str, Any]:
     """Everything epochmagic may install, as comparable values."""
     return {
-        "patched": [getattr(owner, name) for owner, name in PATCHED],
+        # the one mechanism that patches anything says what is installed now,
+        # and which classes and modules it ever changed (their values compared)
+        "installed": patching.installed(),
+        "patched": [
+            (owner, name, vars(owner).get(name)) for owner, name in targets
+        ],
         "global_module_hooks": (
             len(module_mod._global_forward_pre_hooks),
             len(module_mod._global_forward_hooks),
@@ -106,9 +90,10 @@ def _dynamo_state() -> tuple[bool, int]:
 @pytest.fixture(autouse=True)
 def no_leftover_instrumentation():
     """Fail any test that leaves a hook, patch or tracer installed."""
-    before = instrumentation_state()
+    targets = patching.global_targets()  # a target first patched in the test: see "installed"
+    before = instrumentation_state(targets)
     yield
-    after = instrumentation_state()
+    after = instrumentation_state(targets)
     changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
     assert not changed, f"epochmagic left instrumentation installed: {changed}"
 

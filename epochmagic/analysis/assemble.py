@@ -11,11 +11,12 @@ from typing import Any
 import torch
 
 from epochmagic.analysis import gpu as gpumod
+from epochmagic.analysis.run import RunResult
 from epochmagic.analysis.timeline import Timeline, steady_median, warmup_count
 from epochmagic.capture import environment as envmod
 from epochmagic.capture.probes import Probes, loader_keys
+from epochmagic.model.cell import Cell
 from epochmagic.model.profile import EpochProfile
-from epochmagic.session.session import Cell, RunResult
 
 
 def build_profile(run: RunResult, cell: Cell, user_ns: dict[str, Any]) -> EpochProfile:

@@ -34,7 +34,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-_HERE = __file__.rsplit("/", 1)[0]
+_HERE = __file__.rsplit("/", 2)[0]  # the package: every layer's code
 _REGISTERED: set[types.CodeType] = set()
 _WALKED: set[str] = set()  # modules whose code is registered (a walk allocates: once each)
 
@@ -88,8 +88,32 @@ def _codes(values: Any) -> set[types.CodeType]:
     return found
 
 
+# What is installed now, across every open Patches: undo key -> description.
+# The tests' leak check reads it (``installed()``) after every test.
+_INSTALLED: dict[int, str] = {}
+# Classes and modules ever patched, with the attribute: their values are
+# compared before and after each test as well (``global_targets()``).
+_GLOBAL_TARGETS: dict[tuple[int, str], tuple[Any, str]] = {}
+
+
+def installed() -> list[str]:
+    """What some Patches has installed and not yet undone."""
+    return sorted(_INSTALLED.values())
+
+
+def global_targets() -> list[tuple[Any, str]]:
+    """Every (class or module, attribute) a Patches ever replaced."""
+    return list(_GLOBAL_TARGETS.values())
+
+
+def _describe(owner: Any, name: str) -> str:
+    return f"{getattr(owner, '__qualname__', None) or getattr(owner, '__name__', type(owner).__name__)}.{name}"
+
+
 class Patches:
-    """Replaced attributes and added hooks of one run, undone by ``close``."""
+    """Replaced attributes and added hooks of one run, undone by ``close``
+    (also as a context manager). Nothing in epochmagic changes torch, the
+    user's objects or the interpreter's globals except through one of these."""
 
     def __init__(self) -> None:
         self._stack = contextlib.ExitStack()
@@ -119,23 +143,62 @@ class Patches:
                 _unset(owner, name, had_own, original_own)
 
         setattr(owner, name, wrapper)
-        self._stack.callback(restore)
+        if isinstance(owner, (type, types.ModuleType)):
+            _GLOBAL_TARGETS.setdefault((id(owner), name), (owner, name))
+        restore = self._tracked(_describe(owner, name), restore)
         if drop:
             self._droppable.append(restore)
         if hide:
             self._hideable.append((owner, name, wrapper, had_own, original_own))
         return original
 
+    def swap(self, obj: Any, name: str, value: Any) -> Any:
+        """Set an attribute of one object (a dataset's ``transform``, a
+        function's ``__code__``) and put the old value back at close; returns
+        the old value."""
+        original = getattr(obj, name)
+        setattr(obj, name, value)
+        self._tracked(_describe(obj, name), lambda: setattr(obj, name, original))
+        return original
+
+    def setting(self, get: Callable[[], Any], set_: Callable[[Any], Any], value: Any) -> Any:
+        """Change a process setting through its setter (``torch.set_num_threads``)
+        and set it back at close; returns the old value."""
+        original = get()
+        set_(value)
+        self._tracked(getattr(set_, "__qualname__", repr(set_)), lambda: set_(original))
+        return original
+
     def hook(self, handle: Any, module_hook: bool = False) -> Any:
         """Remove ``handle`` at close; a global module hook is also hidden
         while dynamo compiles."""
-        self._stack.callback(handle.remove)
+        self._tracked(f"hook {handle.id}", handle.remove)
         if module_hook:
             self._module_hooks.append(handle)
         return handle
 
     def on_close(self, undo: Callable[[], Any]) -> None:
-        self._stack.callback(undo)
+        self._tracked(getattr(undo, "__qualname__", repr(undo)), undo)
+
+    def _tracked(self, what: str, undo: Callable[[], Any]) -> Callable[[], None]:
+        """Register ``undo`` to run at close, listed in ``installed()`` until it
+        has run; returns the registered callable (idempotent: a dropped patch is
+        undone early and its close-time call does nothing)."""
+        key = object()  # alive while undo_once is: its id stays unique
+        _INSTALLED[id(key)] = what
+
+        def undo_once() -> None:
+            if _INSTALLED.pop(id(key), None) is not None:
+                undo()
+
+        self._stack.callback(undo_once)
+        return undo_once
+
+    def __enter__(self) -> Patches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def enter(self, context: Any) -> Any:
         return self._stack.enter_context(context)

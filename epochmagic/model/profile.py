@@ -6,14 +6,28 @@ numbers; saved profiles carry ``schema_version`` so they stay loadable.
 
 from __future__ import annotations
 
+import inspect
 import json
 import statistics
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from epochmagic.model import registry
+from epochmagic.model.vocabulary import PHASES, SETTINGS
 
 SCHEMA_VERSION = 3  # 2: `compile`; 3: `Finding.saving`, `saving_source`
-PHASES = ("data", "transfer", "forward", "backward", "optimizer", "eval", "other")
+# never saved: the link to a live session, and images rendered for display
+NOT_SAVED = ("session", "rendered")
+
+
+class SessionHandle(Protocol):
+    """What a live profile asks of the session that ran its cell: only
+    ``rerun`` and ``sweep`` use it (``whatif.whatif.RunContext`` is one)."""
+
+    def rerun(self, base: EpochProfile, steps: int | None, **changes: Any) -> EpochProfile: ...
+
+    def sweep(self, base: EpochProfile, steps: int | None, **grid: Any) -> list[EpochProfile]: ...
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,10 @@ class EpochProfile:
     # the profiler's own cost in this run, estimated: probe events x their
     # measured cost (and device readings x theirs on CUDA); see assemble.probe_cost
     probe_cost_s: float | None = None
+    # Not data: the declared link back to the cell (None when loaded, built by
+    # hand or released) and a cache of rendered charts; neither is saved.
+    session: SessionHandle | None = field(default=None, repr=False, compare=False)
+    rendered: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived -------------------------------------------------------------
     @property
@@ -101,7 +119,9 @@ class EpochProfile:
 
     # -- serialisation -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, session=None, rendered={}))
+        for name in NOT_SAVED:
+            del d[name]
         d["schema_version"] = SCHEMA_VERSION
         return d
 
@@ -121,7 +141,7 @@ class EpochProfile:
             raise ValueError(
                 f"profile schema {version} is newer than this epochmagic ({SCHEMA_VERSION}); upgrade"
             )
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - set(NOT_SAVED)
         kwargs = {k: v for k, v in d.items() if k in known}
         kwargs["lines"] = [LineStat(**x) for x in d.get("lines", [])]
         kwargs["findings"] = [Finding(**x) for x in d.get("findings", [])]
@@ -133,10 +153,8 @@ class EpochProfile:
 
     def to_chrome_trace(self, path: str | Path) -> Path:
         """Write a Chrome/Perfetto trace: one slice per phase per step."""
-        from epochmagic.report.trace import chrome_trace
-
         path = Path(path)
-        path.write_text(json.dumps(chrome_trace(self)), encoding="utf-8")
+        path.write_text(json.dumps(registry.get("chrome_trace")(self)), encoding="utf-8")
         return path
 
     def export(self, path: str | Path) -> Path:
@@ -152,49 +170,36 @@ class EpochProfile:
         raise ValueError(f"cannot export to {name!r}: use a .json, .trace.json or .html file name")
 
     # -- what-ifs --------------------------------------------------------------
-    def rerun(
-        self,
-        batch_size: int | None = None,
-        workers: int | None = None,
-        precision: str | None = None,
-        steps: int | None = None,
-        threads: int | None = None,
-        pin_memory: bool | None = None,
-        persistent_workers: bool | None = None,
-        prefetch_factor: int | None = None,
-        fused: bool | None = None,
-    ) -> EpochProfile:
+    def rerun(self, steps: int | None = None, **changes: Any) -> EpochProfile:
         """Measure the same cell under another setting (``None`` keeps this
         profile's value); models, optimizers, RNGs and loaders are restored
         afterwards. ``steps`` defaults to 30 (or the epoch, if shorter) and the
-        result's ``epoch_s`` extrapolates to the full epoch."""
-        from epochmagic.whatif.whatif import rerun
-
-        return rerun(
-            self,
-            steps=steps,
-            batch_size=batch_size,
-            workers=workers,
-            precision=precision,
-            threads=threads,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            prefetch_factor=prefetch_factor,
-            fused=fused,
-        )
+        result's ``epoch_s`` extrapolates to the full epoch. The keywords are
+        ``epochmagic.model.vocabulary.SETTINGS``:
+        """
+        return self._live().rerun(self, steps, **changes)
 
     def sweep(self, steps: int | None = None, **grid: Any) -> list[EpochProfile]:
         """Run a grid of what-ifs (lists for any ``rerun`` keyword), e.g.
         ``sweep(workers=[0, 2], threads=[1, 2])``; ranked fastest first."""
-        from epochmagic.whatif.whatif import sweep
+        return self._live().sweep(self, steps, **grid)
 
-        return sweep(self, steps=steps, **grid)
+    def release(self) -> None:
+        """Drop the link to the session: the shell, models and loaders it
+        holds can be freed. ``rerun`` / ``sweep`` then ask for a new profile."""
+        self.session = None
+
+    def _live(self) -> SessionHandle:
+        if self.session is None:
+            raise RuntimeError(
+                "this profile has no cell to re-run (it was loaded from a file, built by hand "
+                "or released); run the cell again with %%epochprofile -o prof"
+            )
+        return self.session
 
     # -- display ---------------------------------------------------------------
     def text(self) -> str:
-        from epochmagic.report.textreport import render
-
-        return render(self)
+        return str(registry.get("text")(self))
 
     def __repr__(self) -> str:
         epoch = f"{self.epoch_s:.3f}s" if self.epoch_s is not None else "unknown"
@@ -209,11 +214,12 @@ class EpochProfile:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """The widget dashboard where a frontend shows widgets; ``text/html``
         and ``image/png`` for nbconvert and GitHub; ``text/plain`` for terminals."""
-        from epochmagic.report import charts, htmlreport
-
-        bundle: dict[str, Any] = {"text/plain": self.text(), "text/html": htmlreport.report(self)}
+        bundle: dict[str, Any] = {
+            "text/plain": self.text(),
+            "text/html": registry.get("html_report")(self),
+        }
         if self.steps:
-            bundle["image/png"] = charts.breakdown(self)
+            bundle["image/png"] = registry.get("breakdown_png")(self)
         try:
             view = self.dashboard()._repr_mimebundle_()
         except Exception:  # noqa: BLE001 (no widgets here: the other formats stand)
@@ -224,16 +230,12 @@ class EpochProfile:
     def dashboard(self) -> Any:
         """The ipywidgets report (with live what-if controls when the cell can
         be re-run)."""
-        from epochmagic.report.dashboard import Dashboard
-
-        return Dashboard(self).widget
+        return registry.get("dashboard")(self)
 
     def to_html(self, path: str | Path) -> Path:
         """A static report page (HTML with the charts inline; no network needed)."""
-        from epochmagic.report.htmlreport import page
-
         path = Path(path)
-        path.write_text(page(self), encoding="utf-8")
+        path.write_text(registry.get("html_page")(self), encoding="utf-8")
         return path
 
 
@@ -243,3 +245,26 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (set, tuple)):
         return list(value)
     return str(value)
+
+
+def _generated_from_settings() -> None:
+    """``rerun(steps=None, batch_size=None, ...)``: its keywords and their
+    documentation come from ``SETTINGS``."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("steps", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+        *(
+            inspect.Parameter(s.name, kw, default=None, annotation=f"{s.kind.__name__} | None")
+            for s in SETTINGS
+        ),
+    ]
+    rerun = EpochProfile.rerun
+    signature = inspect.Signature(params, return_annotation="EpochProfile")
+    setattr(rerun, "__signature__", signature)  # noqa: B010 (mypy: functions declare no __signature__)
+    rerun.__doc__ = (rerun.__doc__ or "") + "".join(
+        f"\n        ``{s.name}``: {s.doc}" for s in SETTINGS
+    )
+
+
+_generated_from_settings()

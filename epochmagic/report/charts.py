@@ -43,7 +43,7 @@ def _cached(draw: Any) -> Any:
     the dashboard all show the same breakdown."""
 
     def wrapper(prof: EpochProfile) -> bytes:
-        cache = prof.__dict__.setdefault("_charts", {})
+        cache = prof.rendered
         if draw.__name__ not in cache:
             cache[draw.__name__] = draw(prof)
         return cache[draw.__name__]  # type: ignore[no-any-return]

@@ -15,8 +15,9 @@ from typing import Any
 from line_profiler import LineProfiler
 
 from epochmagic.capture import loaders
+from epochmagic.model.cell import Cell
 from epochmagic.model.profile import EpochProfile, LineStat
-from epochmagic.session.session import Cell, run_cell
+from epochmagic.session.session import run_cell
 from epochmagic.session.snapshot import Snapshot, rebound_names, unrestorable
 
 MIN_STEPS, MAX_STEPS = 3, 20

@@ -13,46 +13,19 @@ import contextlib
 import difflib
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from types import CodeType
 from typing import Any
 
 import torch
 from IPython.core.error import UsageError
 
-from epochmagic.analysis.timeline import Timeline, analyse
+from epochmagic.analysis.run import RunResult
+from epochmagic.analysis.timeline import analyse
 from epochmagic.capture import cudaclock
 from epochmagic.capture import recorder as r
-from epochmagic.capture.cudaclock import DeviceClock
 from epochmagic.capture.devicetime import DeviceTime
 from epochmagic.capture.probes import Probes, StopCell
 from epochmagic.capture.recorder import Recorder
-
-
-@dataclass
-class Cell:
-    """A compiled cell: its code, its source and the name tracebacks show."""
-
-    source: str
-    code: CodeType
-    filename: str
-    tree: ast.Module
-    label: str
-
-
-@dataclass
-class RunResult:
-    status: str  # "ok", "interrupted", "error" or "oom"
-    stop_reason: str  # "epoch", "steps", "seconds", "end", "interrupted" or "error"
-    exc: BaseException | None
-    timeline: Timeline
-    probes: Probes
-    output: str | None = None
-    iterators: list[Any] = field(default_factory=list)
-    cpu_s: float = 0.0  # process CPU time during the run
-    device: DeviceClock | None = None  # the CUDA clock the run was timed with
-    compile: dict[str, Any] | None = None  # torch.compile during the run (compilewatch)
-    compile_intervals: list[tuple[float, float]] = field(default_factory=list)
+from epochmagic.model.cell import Cell
 
 
 def compile_cell(shell: Any, source: str, magic_line: str | None = None) -> Cell:

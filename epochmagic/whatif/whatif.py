@@ -28,8 +28,9 @@ from epochmagic.capture import loaders
 from epochmagic.capture.loaders import Unsupported
 from epochmagic.diagnosis import predict, savings
 from epochmagic.diagnosis.diagnose import diagnose
+from epochmagic.model.cell import Cell
 from epochmagic.model.profile import EpochProfile
-from epochmagic.session.session import Cell, run_cell
+from epochmagic.session.session import run_cell
 from epochmagic.session.snapshot import Snapshot, rebound_names
 from epochmagic.whatif import changes
 from epochmagic.whatif.changes import PRECISIONS
@@ -55,13 +56,20 @@ class RunContext:
     loading: dict[str, float] | None = None
     copies: CompiledCopies = field(default_factory=CompiledCopies)  # compiled code for what-ifs
 
+    # the SessionHandle a live profile holds (epochmagic.model.profile)
+    def rerun(self, base: EpochProfile, steps: int | None, **changes: Any) -> EpochProfile:
+        return rerun(base, steps=steps, **changes)
+
+    def sweep(self, base: EpochProfile, steps: int | None, **grid: Any) -> list[EpochProfile]:
+        return sweep(base, steps=steps, **grid)
+
 
 def attach(prof: EpochProfile, shell: Any, cell: Cell, run: Any, original_loader: Any) -> None:
     tl = run.timeline
     train = original_loader
     if train is None and tl.training_pass is not None:
         train = tl.training_pass.loader
-    prof._context = RunContext(  # type: ignore[attr-defined]
+    prof.session = RunContext(
         shell=shell,
         cell=cell,
         loader_name=run.probes.loader_name,
@@ -73,13 +81,11 @@ def attach(prof: EpochProfile, shell: Any, cell: Cell, run: Any, original_loader
 
 
 def _context(prof: EpochProfile) -> RunContext:
-    ctx = getattr(prof, "_context", None)
-    if ctx is None:
-        raise RuntimeError(
-            "this profile has no cell to re-run (it was loaded from a file or built by hand); "
-            "profile the cell with %%epochprofile -o prof first"
-        )
-    return ctx  # type: ignore[no-any-return]
+    ctx = prof.session
+    if not isinstance(ctx, RunContext):
+        prof._live()  # raises: the profile has no session
+        raise TypeError(f"a profile's session must be a RunContext, got {type(ctx).__name__}")
+    return ctx
 
 
 # -- settings ------------------------------------------------------------------------
@@ -321,7 +327,7 @@ def _run(
     }
     gpu.utilisation(prof.gpu, prof)
     prof.findings = diagnose(prof)
-    prof._context = ctx  # type: ignore[attr-defined]
+    prof.session = ctx
     return prof
 
 
