@@ -10,6 +10,7 @@ from typing import Any
 
 from epochmagic.model import registry
 from epochmagic.model.profile import EpochProfile, Finding, LineStat
+from epochmagic.model.thresholds import THRESHOLD_SOURCES, THRESHOLDS
 from epochmagic.report import charts, htmlreport, textreport, trace
 
 
@@ -33,6 +34,8 @@ __all__ = [
     "EpochProfile",
     "Finding",
     "LineStat",
+    "THRESHOLDS",
+    "THRESHOLD_SOURCES",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]

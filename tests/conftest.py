@@ -34,9 +34,7 @@ def instrumentation_state(targets: list[tuple[Any, str]]) -> dict[str, Any]:
         # the one mechanism that patches anything says what is installed now,
         # and which classes and modules it ever changed (their values compared)
         "installed": patching.installed(),
-        "patched": [
-            (owner, name, vars(owner).get(name)) for owner, name in targets
-        ],
+        "patched": [(owner, name, vars(owner).get(name)) for owner, name in targets],
         "global_module_hooks": (
             len(module_mod._global_forward_pre_hooks),
             len(module_mod._global_forward_hooks),

@@ -25,7 +25,7 @@ from epochmagic.capture.devicetime import (
     overlap,
 )
 from epochmagic.capture.recorder import Pass, Recorder
-from epochmagic.session.session import to_device_time
+from epochmagic.capture.retime import to_device_time
 from tests.simdevice import SimStream
 
 MS = 1e-3

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from epochmagic.diagnosis.diagnose import THRESHOLDS, diagnose
+from epochmagic.diagnosis.diagnose import diagnose
 from epochmagic.model.profile import PHASES, EpochProfile, LineStat
+from epochmagic.model.thresholds import THRESHOLD_SOURCES, THRESHOLDS
 
 
 def make(
@@ -208,7 +209,10 @@ def test_actionable_findings_rank_by_share_before_informative_ones():
 
 
 def test_thresholds_say_where_they_come_from():
-    assert all(isinstance(v, (int, float)) and len(why) > 10 for v, why in THRESHOLDS.values())
+    assert all(
+        isinstance(v, (int, float)) and len(THRESHOLD_SOURCES[k]) > 10
+        for k, v in THRESHOLDS.items()
+    )
 
 
 def test_model_compute_needs_a_model():

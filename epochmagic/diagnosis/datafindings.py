@@ -3,7 +3,7 @@ workers and intra-op threads competing for the cores (docs/design.md §6).
 
 Pure functions of an ``EpochProfile``; the worker suggestion is the setting the
 prediction model (:mod:`epochmagic.diagnosis.predict`) expects to be fastest. Their
-thresholds join ``diagnose.THRESHOLDS``.
+thresholds are in ``epochmagic.model.thresholds``.
 """
 
 from __future__ import annotations
@@ -14,24 +14,7 @@ from typing import Any
 from epochmagic.analysis.figures import MIN_GAIN, epoch, in_steps, ms
 from epochmagic.analysis.figures import cores as cores_of
 from epochmagic.model.profile import EpochProfile, Finding
-
-THRESHOLDS: dict[str, tuple[float, str]] = {
-    "data_moderate": (
-        0.05,
-        "TensorFlow's input-pipeline analyzer: moderately input-bound at "
-        ">= 5 % of step time waiting for input; PyTorch Profiler: > 5 %",
-    ),
-    "data_bound": (0.20, "TensorFlow's input-pipeline analyzer: input-bound at >= 20 %"),
-    "worker_startup": (
-        0.02,
-        "first batch's extra wait, paid again every epoch without "
-        "persistent_workers; 2 % of the epoch is worth one flag",
-    ),
-}
-
-
-def _t(name: str) -> float:
-    return THRESHOLDS[name][0]
+from epochmagic.model.thresholds import threshold as _t
 
 
 def _oversubscribed(prof: EpochProfile) -> bool:

@@ -16,54 +16,7 @@ from epochmagic.analysis.figures import epoch, flop, in_steps, ms, step_times_wi
 from epochmagic.analysis.timeline import warmup_count
 from epochmagic.diagnosis import datafindings, gpufindings, savings
 from epochmagic.model.profile import EpochProfile, Finding
-
-THRESHOLDS: dict[str, tuple[float, str]] = {
-    "small_batch_size": (
-        32,
-        "per-step fixed cost (Python, kernel launches, optimizer) is "
-        "amortised over few samples below this",
-    ),
-    "small_batch_overhead": (0.30, "share of a step outside forward/backward compute"),
-    "python_overhead": (0.20, "share of in-step time in `other` (Python in the loop)"),
-    "growth_ratio": (1.3, "last quarter's median step vs the first quarter's (after warm-up)"),
-    "memory_growth_bytes": (64 * 2**20, "resident memory added across the epoch's steps"),
-    "memory_growth_ratio": (0.10, "... and relative to the first step's memory"),
-    "optimizer_share": (
-        0.10,
-        "optimizer share of the epoch; a CPU AdamW step measured 3.1 ms -> 0.56 ms with fused=True",
-    ),
-    "eval_share": (0.20, "evaluation share of the epoch"),
-    "warmup_share": (0.05, "extra time of the warm-up steps over the steady median"),
-    "warmup_min_s": (
-        0.05,
-        "seconds: a warm-up shorter than this is not worth a finding, whatever the epoch's "
-        "length (the control cell's first bf16 step took ~12 ms extra, 9 % of its 0.15 s epoch)",
-    ),
-    "warmup_noise_mads": (
-        3.0,
-        "a warm-up step must be slower than the steady median plus 3 robust standard "
-        "deviations (and than the steady steps' 90th percentile): the control cell's noise "
-        "raised a false warm-up alarm without it",
-    ),
-    "compile_share": (
-        0.05,
-        "torch.compile seconds in the epoch worth naming, as for warm-up (any recompile is "
-        "named: it repeats whenever its shapes come back)",
-    ),
-    "precision_compute": (0.30, "forward+backward share worth a precision change"),
-    "precision_flops": (
-        1e8,
-        "FLOPs per step below which casting overhead eats bf16's gain "
-        "(a 512-wide MLP step, ~0.2 GFLOP, ran 1.7x faster in bf16 here)",
-    ),
-    "imbalance_ratio": (10.0, "most / least frequent label"),
-    **datafindings.THRESHOLDS,
-    **gpufindings.THRESHOLDS,
-}
-
-
-def t(name: str) -> float:
-    return THRESHOLDS[name][0]
+from epochmagic.model.thresholds import threshold as t
 
 
 def diagnose(prof: EpochProfile) -> list[Finding]:

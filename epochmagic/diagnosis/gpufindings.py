@@ -3,7 +3,7 @@ synchronising calls, host-to-device copies and idle time.
 
 Pure functions of an ``EpochProfile`` whose ``gpu`` fields came from CUDA
 events (:mod:`epochmagic.analysis.gpu`); on the CPU, or when device timing failed, they
-stay silent. Their thresholds join ``diagnose.THRESHOLDS``.
+stay silent. Their thresholds are in ``epochmagic.model.thresholds``.
 """
 
 from __future__ import annotations
@@ -13,33 +13,9 @@ from typing import Any
 from epochmagic.analysis.figures import ms, size
 from epochmagic.analysis.gpu import datasheet
 from epochmagic.model.profile import EpochProfile, Finding
+from epochmagic.model.thresholds import threshold as _t
 
-THRESHOLDS: dict[str, tuple[float, str]] = {
-    "sync_per_step": (
-        1.0,
-        "a sync every step drains the GPU's queue every step; fewer are logging's cost, not the "
-        "loop's",
-    ),
-    "sync_idle": (
-        0.10,
-        "share of in-step time the GPU idles while the host is outside the loader; below it the "
-        "syncs cost little",
-    ),
-    "transfer_share": (
-        0.05,
-        "copies the steps wait on are a stall like input: the same 5 % as data_moderate",
-    ),
-    "gpu_idle": (
-        0.20,
-        "share of in-step time with no work queued on the GPU: a fifth of the card unused "
-        "(our choice; the idle share is measured as an upper bound)",
-    ),
-}
 HOST_PHASES = ("transfer", "forward", "backward", "optimizer", "other")
-
-
-def _t(name: str) -> float:
-    return THRESHOLDS[name][0]
 
 
 def _timed(prof: EpochProfile) -> dict[str, Any] | None:
