@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epochmagic.capture import recorder as r
-from epochmagic.capture.recorder import Pass
+from epochmagic.capture.recorder import Pass, passes
 
 PHASES = ("data", "transfer", "forward", "backward", "optimizer", "eval", "other")
 TRAINING_EXITS = (r.BWD_EXIT, r.OPT_EXIT, r.ZERO_EXIT)
@@ -111,15 +111,6 @@ def _sync(e: r.Event) -> tuple[float, str, int, bool, float]:
     moved to device time)."""
     filename, lineno, copy, *wait = e[3]
     return (e[0], filename, lineno, copy, wait[0] if wait else 0.0)
-
-
-def passes(events: list[r.Event]) -> list[Pass]:
-    """The loader passes in the log, in the order they started."""
-    seen: dict[int, Pass] = {}
-    for e in events:
-        if e[1] in (r.ITER_ENTER, r.NEXT_ENTER) and id(e[2]) not in seen:
-            seen[id(e[2])] = e[2]
-    return list(seen.values())
 
 
 def _trained_roots(events: list[r.Event], param_ids: set[int]) -> set[int]:

@@ -55,7 +55,7 @@ from epochmagic.capture.batches import (
 from epochmagic.capture.compilewatch import CompileWatch
 from epochmagic.capture.cudaclock import DeviceClock, caller_outside
 from epochmagic.capture.patching import Patches
-from epochmagic.capture.recorder import MemoryReader, Pass, Recorder
+from epochmagic.capture.recorder import MemoryReader, Pass, Recorder, passes
 
 DEFAULT_NO_LOADER_SECONDS = 60.0
 MEMORY_EVERY_S = 0.01
@@ -802,7 +802,6 @@ class Probes:
         return ids
 
     def iter_passes(self) -> Iterator[Pass]:
-        from epochmagic.analysis.timeline import passes
 
         return iter(passes(self.rec.events))
 

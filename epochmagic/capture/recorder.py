@@ -67,6 +67,15 @@ class Pass:
     iterator: Any = None
 
 
+def passes(events: list[Event]) -> list[Pass]:
+    """The loader passes in the log, in the order they started."""
+    seen: dict[int, Pass] = {}
+    for e in events:
+        if e[1] in (ITER_ENTER, NEXT_ENTER) and id(e[2]) not in seen:
+            seen[id(e[2])] = e[2]
+    return list(seen.values())
+
+
 @dataclass
 class Recorder:
     """Append-only event log plus the clock it is stamped with."""
