@@ -8,9 +8,12 @@ stops a Run All.
 
 from __future__ import annotations
 
+import argparse
 import keyword
 import re
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -22,25 +25,36 @@ from epochmagic.analysis.assemble import build_profile
 from epochmagic.diagnosis import evidence
 from epochmagic.diagnosis.diagnose import diagnose
 from epochmagic.model.profile import EpochProfile
-from epochmagic.session.session import compile_cell, run_cell
+from epochmagic.model.vocabulary import MAGIC_SETTINGS
+from epochmagic.session.execute import Limits
+from epochmagic.session.session import Session, compile_cell
 from epochmagic.whatif.changes import scaler_note
 from epochmagic.whatif.firstrun import FirstRun
-from epochmagic.whatif.whatif import attach
+from epochmagic.whatif.whatif import WHATIFS
 
-VALUE_OPTIONS = {
-    "-o",
-    "--out",
-    "--steps",
-    "--max-seconds",
-    "--loader",
-    "--export",
-    "--batch-size",
-    "--workers",
-    "--precision",
-    "--skip-epochs",
-}
-FLAG_OPTIONS = {"--text", "--no-lines", "--modules", "-h", "--help"}
 EXPORT_SUFFIXES = (".trace.json", ".json", ".html")
+# the magic's wording for its own settings (SETTINGS' doc where none is given)
+SETTING_HELP = {
+    "batch_size": "measure with the training loader rebuilt at batch size B",
+    "workers": "measure with the training loader rebuilt with W worker processes",
+    "precision": "measure with autocast in this precision around the model's forward",
+}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def setting_options(func: F) -> F:
+    """``--batch-size``, ``--workers``, ``--precision``: one option for each
+    of ``MAGIC_SETTINGS``, in their order."""
+    for s in reversed(MAGIC_SETTINGS):  # IPython lists decorators bottom-up
+        kwargs: dict[str, Any] = {"help": SETTING_HELP.get(s.name, f"measure with {s.doc}")}
+        if s.kind is bool:
+            kwargs["action"] = "store_true"
+        elif s.choices:
+            kwargs["choices"] = s.choices
+        else:
+            kwargs.update(type=s.kind, metavar=s.name[0].upper())
+        func = argument(s.option, **kwargs)(func)
+    return func
 
 
 @magics_class
@@ -73,23 +87,7 @@ class EpochMagics(Magics):
         metavar="NAME",
         help="name of the training loader when the cell iterates several",
     )
-    @argument(
-        "--batch-size",
-        type=int,
-        metavar="B",
-        help="measure with the training loader rebuilt at batch size B",
-    )
-    @argument(
-        "--workers",
-        type=int,
-        metavar="W",
-        help="measure with the training loader rebuilt with W worker processes",
-    )
-    @argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16"),
-        help="measure with autocast in this precision around the model's forward",
-    )
+    @setting_options
     @argument(
         "--modules",
         action="store_true",
@@ -135,38 +133,39 @@ class EpochMagics(Magics):
         if _wants_help(line):
             print(self.epochprofile.__doc__)  # the options and this text; the cell does not run
             return
-        if cell is None:
-            options, statement = split_statement(line)
-            if not statement.strip():
-                raise UsageError(
-                    "%epochprofile needs a statement to profile, e.g. "
-                    "%epochprofile train(model, loader)"
-                )
-        else:
-            options, statement = line, ""
-            if split_statement(line)[1].strip():
-                raise UsageError(
-                    f"%%epochprofile: unexpected arguments: {split_statement(line)[1]!r}"
-                )
+        options, source = _options_and_source(line, cell)
         args = parse_argstring(self.epochprofile, options)
         _validate(args)
         profile_source(
             self.shell,
-            cell if cell is not None else statement,
+            source,
+            Options.parse(args),
             magic_line=line if cell is not None else None,
-            out=args.out,
-            steps=args.steps,
-            max_seconds=args.max_seconds,
-            loader=args.loader,
-            text=args.text,
-            lines=not args.no_lines,
-            export=args.export,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            precision=args.precision,
-            modules=args.modules,
-            skip_epochs=args.skip_epochs,
         )
+
+
+def _options_and_source(line: str, cell: str | None) -> tuple[str, str]:
+    """The option string and the code to profile: the cell body, or the
+    statement after the options of the line form."""
+    options, statement = split_statement(line)
+    if cell is not None:
+        if statement.strip():
+            raise UsageError(f"%%epochprofile: unexpected arguments: {statement!r}")
+        return line, cell
+    if not statement.strip():
+        raise UsageError(
+            "%epochprofile needs a statement to profile, e.g. %epochprofile train(model, loader)"
+        )
+    return options, statement
+
+
+def option_names(parser: argparse.ArgumentParser) -> tuple[frozenset[str], frozenset[str]]:
+    """(options that take a value, flags) as the magic's parser declares them."""
+    values: set[str] = set()
+    flags: set[str] = set()
+    for action in parser._actions:
+        (flags if action.nargs == 0 else values).update(action.option_strings)
+    return frozenset(values), frozenset(flags)
 
 
 def _wants_help(line: str) -> bool:
@@ -207,10 +206,11 @@ def _validate(args: Any) -> None:
             raise UsageError(f"{opt}: {value!r} is not a valid variable name")
     if args.skip_epochs < 0:
         raise UsageError(f"--skip-epochs must be 0 or more, got {args.skip_epochs}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers is not None and args.workers < 0:
-        raise UsageError(f"--workers must be 0 or more, got {args.workers}")
+    for setting in MAGIC_SETTINGS:
+        value, least = getattr(args, setting.name), setting.minimum
+        if least is not None and value is not None and value < least:
+            bound = "at least 1" if least == 1 else f"{least} or more"
+            raise UsageError(f"{setting.option} must be {bound}, got {value}")
     if args.export is not None and not args.export.endswith(EXPORT_SUFFIXES):
         raise UsageError(
             f"--export: cannot write {args.export!r}; use a .json (profile), "
@@ -218,76 +218,104 @@ def _validate(args: Any) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Options:
+    """The magic's parsed options. ``loader_name`` is ``--loader``: a name in
+    the namespace (the DataLoader itself is ``Session.train_loader``);
+    ``settings``: the ``MAGIC_SETTINGS`` by name, None where not given."""
+
+    out: str | None = None
+    steps: int | None = None
+    max_seconds: float | None = None
+    skip_epochs: int = 0
+    loader_name: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    modules: bool = False
+    text: bool = False
+    lines: bool = True
+    export: str | None = None
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> Options:
+        return cls(
+            out=args.out,
+            steps=args.steps,
+            max_seconds=args.max_seconds,
+            skip_epochs=args.skip_epochs,
+            loader_name=args.loader,
+            settings={s.name: getattr(args, s.name) for s in MAGIC_SETTINGS},
+            modules=args.modules,
+            text=args.text,
+            lines=not args.no_lines,
+            export=args.export,
+        )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.steps, self.max_seconds, self.skip_epochs, time_modules=self.modules)
+
+
 def profile_source(
-    shell: Any,
-    source: str,
-    *,
-    magic_line: str | None = None,
-    out: str | None = None,
-    steps: int | None = None,
-    max_seconds: float | None = None,
-    loader: str | None = None,
-    text: bool = False,
-    lines: bool = True,
-    export: str | None = None,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    precision: str | None = None,
-    modules: bool = False,
-    skip_epochs: int = 0,
+    shell: Any, source: str, options: Options | None = None, magic_line: str | None = None
 ) -> EpochProfile:
     """Run ``source`` once under the probes, report, and re-raise its error."""
     __tracebackhide__ = True  # noqa: F841
+    options = options if options is not None else Options()
     cell = compile_cell(shell, source, magic_line)
-    first = FirstRun.plan(shell.user_ns, loader, batch_size, workers, precision)
-    with first.applied(shell.user_ns):
-        run = run_cell(
-            cell,
-            shell.user_ns,
-            max_steps=steps,
-            max_seconds=max_seconds,
-            loader_name=loader,
-            time_modules=modules,
-            skip_epochs=skip_epochs,
-            **first.hooks(),
-        )
+    first = FirstRun.plan(shell.user_ns, options.loader_name, options.settings)
+    session = Session(shell, cell, options.loader_name, whatifs=WHATIFS)
+    run = session.run("measure", options.limits, first)
     prof = build_profile(run, cell, shell.user_ns)
     first.describe(prof)
-    attach(prof, shell, cell, run, first.original)
+    prof.session = session
     if prof.steps:
-        loader = first.original or (
-            run.timeline.training_pass.loader if run.timeline.training_pass else None
-        )
+        loader = session.train_loader
         prof.evidence = evidence.collect(run, loader, prof.phases["data"] / (prof.wall_s or 1))
         gpu.utilisation(prof.gpu, prof)
+        precision = options.settings.get("precision")
         note = scaler_note(precision, str(prof.config.get("device")), prof.evidence["grad_scaler"])
         if note:
             prof.notes.append(note)
     pending: BaseException | None = run.exc
-    if lines and run.status == "ok" and prof.steps and prof.compile is not None:
+    del run  # the run's iterators and probes are not needed past this point
+    if options.lines and prof.status == "ok" and prof.steps:  # so nothing is pending yet
+        pending = _attribute_lines(prof, session, first)
+    prof.findings = diagnose(prof)
+    _report(prof, shell, options)
+    if pending is not None:
+        raise pending
+    return prof
+
+
+def _attribute_lines(prof: EpochProfile, session: Session, first: FirstRun) -> BaseException | None:
+    """Line attribution after a measured run that went well; returns an
+    interrupt of the traced run, for the magic to re-raise after the report."""
+    if prof.compile is not None:
         prof.notes.append(
             "no line attribution: the cell runs compiled code (torch.compile), and a traced "
             "re-run would compile it again (--no-lines hides this note)"
         )
-    elif lines and run.status == "ok" and prof.steps:
-        from epochmagic.session.lines import attribute_lines
+        return None
+    from epochmagic.session.lines import attribute_lines  # line_profiler: only when used
 
-        try:
-            with first.applied(shell.user_ns):
-                attribute_lines(prof, cell, shell, run.probes, first.hooks())
-        except KeyboardInterrupt as e:
-            pending = e
-    del run
-    prof.findings = diagnose(prof)
-    if out:
-        shell.user_ns[out] = prof
-    if export:
-        path = prof.export(export)
+    try:
+        attribute_lines(prof, session, first)
+    except KeyboardInterrupt as e:
+        return e
+    return None
+
+
+def _report(prof: EpochProfile, shell: Any, options: Options) -> None:
+    """Store, export and show the profile as the options ask."""
+    if options.out:
+        shell.user_ns[options.out] = prof
+    if options.export:
+        path = prof.export(options.export)
         prof.notes.append(f"wrote {path}")
-    if text:
+    if options.text:
         print(prof.text())
     else:
         display(prof)
-    if pending is not None:
-        raise pending
-    return prof
+
+
+VALUE_OPTIONS, FLAG_OPTIONS = option_names(EpochMagics.epochprofile.parser)

@@ -334,7 +334,7 @@ def _dynamo_as_found(ip, codes: list) -> dict:
     the automatic-dynamic record, a tensor's dynamic marks, torch's counters."""
     import copy
 
-    from epochmagic.whatif.compilecopies import cache_entries
+    from epochmagic.session.compilecopies import cache_entries
 
     pgo = sys.modules.get("torch._dynamo.pgo")
     config = torch._dynamo.config
@@ -353,7 +353,7 @@ def test_what_ifs_on_a_compiled_model_leave_dynamo_as_they_found_it(ip):
     run(ip, "marked = torch.randn(8, 16); torch._dynamo.mark_dynamic(marked, 0)")
     run(ip, "%%epochprofile -o prof --text --no-lines\n" + loop)
     prof = ip.user_ns["prof"]
-    from epochmagic.whatif.compilecopies import cache_entries, compiled_codes
+    from epochmagic.session.compilecopies import cache_entries, compiled_codes
 
     codes = [
         c

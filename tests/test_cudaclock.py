@@ -20,15 +20,10 @@ from typing import Any
 import pytest
 
 from epochmagic.capture import cudaclock
-from epochmagic.capture.cudaclock import (
-    SYNC_MESSAGE,
-    CudaClock,
-    cudart_path,
-    find_cudart,
-    time_readings,
-    user_frame,
-)
+from epochmagic.capture.cudaclock import CudaClock, time_readings
+from epochmagic.capture.cudart import cudart_path, find_cudart
 from epochmagic.capture.devicetime import overlap
+from epochmagic.capture.syncwatch import SYNC_MESSAGE, user_frame
 from tests.simdevice import SimStream
 
 

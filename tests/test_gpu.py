@@ -329,7 +329,7 @@ def blocking_copies(dev, monkeypatch, copy_s: float) -> None:
     still inside ``to`` (so before the probe knows a copy began)."""
     import torch
 
-    from epochmagic.capture.cudaclock import caller_outside
+    from epochmagic.capture.syncwatch import caller_outside
 
     original_to = torch.Tensor.to
 

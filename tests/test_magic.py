@@ -210,7 +210,7 @@ for it in range(10_000):
     )
     prof = ip.user_ns["prof"]
     assert prof.stop_reason == "seconds"
-    assert 0.3 <= prof.wall_s < 1.0
+    assert prof.wall_s >= 0.3 and 0 < prof.steps < 10_000  # stopped at a step boundary
     assert prof.steps_per_epoch == 10_000 and prof.epoch_s > 10 * 0.01 * 100
 
 

@@ -16,6 +16,7 @@ from epochmagic.analysis.timeline import Timeline, steady_median, warmup_count
 from epochmagic.capture import environment as envmod
 from epochmagic.capture.probes import Probes, loader_keys
 from epochmagic.model.cell import Cell
+from epochmagic.model.gpurecord import GpuRecord
 from epochmagic.model.profile import EpochProfile
 
 
@@ -30,28 +31,13 @@ def build_profile(run: RunResult, cell: Cell, user_ns: dict[str, Any]) -> EpochP
     has_tokens = bool(tokens) and all(t is not None for t in tokens)
     loader = tl.training_pass.loader if tl.training_pass is not None else None
     steps_per_epoch = _steps_per_epoch(tl, loader, cell, user_ns, steps)
-    complete = run.status == "ok" and run.stop_reason in ("epoch", "end")
-    if complete:
-        epoch_s: float | None = tl.wall_s
-    elif steps and steps_per_epoch:
-        med = steady_median(step_times) or 0.0
-        epoch_s = tl.wall_s + max(0, steps_per_epoch - steps) * med
-    else:
-        epoch_s = None
     modules = [m for m in probes.roots.values()]
     trained = probes.trained_param_ids()
     modules.sort(key=lambda m: not any(id(p) in trained for p in m.parameters()))
     device = envmod.model_device(modules)
-    config = envmod.loader_config(loader)
-    config.update(
-        precision=probes.precision or "fp32",
-        threads=torch.get_num_threads(),
-        fused=envmod.optimizer_fused(list(probes.optimizers.values())),
-        device=device,
-    )
     prof = EpochProfile(
         wall_s=tl.wall_s,
-        epoch_s=epoch_s,
+        epoch_s=_epoch_s(run, steps_per_epoch),
         steps=steps,
         steps_per_epoch=steps_per_epoch,
         samples=samples,
@@ -64,7 +50,7 @@ def build_profile(run: RunResult, cell: Cell, user_ns: dict[str, Any]) -> EpochP
         step_phases=tl.step_phases,
         throughput_unit="tokens" if has_tokens else "samples",
         tokens_per_s=(sum(t or 0 for t in tokens) / in_steps) if has_tokens and in_steps else None,
-        config=config,
+        config=_config(probes, loader, device),
         environment=envmod.environment(device),
         status=run.status,
         error=_describe(run.exc) if run.exc is not None and run.status != "interrupted" else None,
@@ -81,6 +67,31 @@ def build_profile(run: RunResult, cell: Cell, user_ns: dict[str, Any]) -> EpochP
     )
     prof.notes = _notes(prof, run, probes)
     return prof
+
+
+def _epoch_s(run: RunResult, steps_per_epoch: int | None) -> float | None:
+    """The epoch's time: measured when the cell ran a whole epoch, else the
+    measured part plus the remaining steps at the steady median step."""
+    tl = run.timeline
+    steps = len(tl.step_bounds)
+    if run.status == "ok" and run.stop_reason in ("epoch", "end"):
+        return tl.wall_s
+    if steps and steps_per_epoch:
+        med = steady_median(tl.step_times) or 0.0
+        return tl.wall_s + max(0, steps_per_epoch - steps) * med
+    return None
+
+
+def _config(probes: Probes, loader: Any, device: str) -> dict[str, Any]:
+    """``prof.config``: the training loader's settings and the run's own."""
+    config = envmod.loader_config(loader)
+    config.update(
+        precision=probes.precision or "fp32",
+        threads=torch.get_num_threads(),
+        fused=envmod.optimizer_fused(list(probes.optimizers.values())),
+        device=device,
+    )
+    return config
 
 
 # The probes' measured costs: per event on the host (benchmarks/probe_cost.py:
@@ -132,72 +143,76 @@ def _steps_per_epoch(
     return None
 
 
+_SAFE_CALLS = {"len": len, "int": int, "min": min, "max": max, "abs": abs, "round": round}
+_SAFE_NODES = (
+    ast.Expression,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.Attribute,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.operator,
+    ast.unaryop,
+    ast.Call,
+)
+
+
 def loop_length(tree: ast.Module, user_ns: dict[str, Any]) -> int | None:
     """Iterations of the ``for ... in range(...)`` loops around ``.step(`` in
     the cell, when they can be read (literals and names in the namespace)."""
-
-    def calls_step(node: ast.AST) -> bool:
-        return any(
-            isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "step"
-            for n in ast.walk(node)
-        )
-
-    safe_calls = {"len": len, "int": int, "min": min, "max": max, "abs": abs, "round": round}
-    safe_nodes = (
-        ast.Expression,
-        ast.Name,
-        ast.Load,
-        ast.Constant,
-        ast.Attribute,
-        ast.BinOp,
-        ast.UnaryOp,
-        ast.operator,
-        ast.unaryop,
-        ast.Call,
-    )
-
-    def readable(node: ast.expr) -> bool:
-        """Names, numbers, arithmetic and len()/min()/max(): nothing with effects."""
-        for n in ast.walk(node):
-            if not isinstance(n, safe_nodes):
-                return False
-            if isinstance(n, ast.Call) and not (
-                isinstance(n.func, ast.Name) and n.func.id in safe_calls and not n.keywords
-            ):
-                return False
-        return True
-
-    def length(expr: ast.expr) -> int | None:
-        if not (
-            isinstance(expr, ast.Call)
-            and isinstance(expr.func, ast.Name)
-            and expr.func.id == "range"
-            and 1 <= len(expr.args) <= 3
-        ):
-            return None
-        if not all(readable(a) for a in expr.args):
-            return None
-        scope = {**user_ns, **safe_calls, "__builtins__": {}}
-        try:
-            values = [eval(compile(ast.Expression(a), "<range>", "eval"), scope) for a in expr.args]
-            return len(range(*[int(v) for v in values]))
-        except Exception:  # noqa: BLE001 (anything unreadable means unknown)
-            return None
-
     total: int | None = None
     body: list[ast.stmt] = list(tree.body)
     while True:
-        loops = [s for s in body if isinstance(s, (ast.For, ast.While)) and calls_step(s)]
+        loops = [s for s in body if isinstance(s, (ast.For, ast.While)) and _calls_step(s)]
         if len(loops) != 1:
             return total
         loop = loops[0]
         if isinstance(loop, ast.While):
             return None
-        n = length(loop.iter)
+        n = _range_length(loop.iter, user_ns)
         if n is None:
             return None
         total = n if total is None else total * n
         body = loop.body
+
+
+def _calls_step(node: ast.AST) -> bool:
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "step"
+        for n in ast.walk(node)
+    )
+
+
+def _readable(node: ast.expr) -> bool:
+    """Names, numbers, arithmetic and len()/min()/max(): nothing with effects."""
+    for n in ast.walk(node):
+        if not isinstance(n, _SAFE_NODES):
+            return False
+        if isinstance(n, ast.Call) and not (
+            isinstance(n.func, ast.Name) and n.func.id in _SAFE_CALLS and not n.keywords
+        ):
+            return False
+    return True
+
+
+def _range_length(expr: ast.expr, user_ns: dict[str, Any]) -> int | None:
+    """len(range(...)) of a ``range(...)`` call whose arguments are readable."""
+    if not (
+        isinstance(expr, ast.Call)
+        and isinstance(expr.func, ast.Name)
+        and expr.func.id == "range"
+        and 1 <= len(expr.args) <= 3
+    ):
+        return None
+    if not all(_readable(a) for a in expr.args):
+        return None
+    scope = {**user_ns, **_SAFE_CALLS, "__builtins__": {}}
+    try:
+        values = [eval(compile(ast.Expression(a), "<range>", "eval"), scope) for a in expr.args]
+        return len(range(*[int(v) for v in values]))
+    except Exception:  # noqa: BLE001 (anything unreadable means unknown)
+        return None
 
 
 def _on_gpu(clock: Any, device: str) -> bool:
@@ -224,7 +239,7 @@ def _memory(tl: Timeline, clock: Any, device: str) -> dict[str, Any]:
     }
 
 
-def _gpu(run: RunResult, device: str) -> dict[str, Any] | None:
+def _gpu(run: RunResult, device: str) -> GpuRecord | None:
     clock, tl = run.device, run.timeline
     if clock is None or not _on_gpu(clock, device):
         return None
@@ -275,12 +290,29 @@ def _describe(exc: BaseException) -> str:
 
 
 def _notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
-    notes = []
+    """What the report says about how the profile was measured."""
+    notes = _stop_notes(prof, run, probes) + _epoch_notes(prof) + _timing_notes(prof, run)
+    notes.extend(_skip_notes(probes))
+    notes.extend(probes.notes)
+    comp = prof.compile
+    if comp and comp.get("compiles"):
+        notes.append(
+            f"torch.compile: {comp['compile_s']:.2f} s compiling in {comp['compiles']} "
+            f"compile(s), {comp['recompiles']} recompile(s), {comp['graph_breaks']} graph "
+            "break(s); compile time stays in the phase it happened in"
+        )
+    if probes.loader_name is not None and not probes.named_loader_seen:
+        notes.append(f"--loader {probes.loader_name}: no loader of that name was iterated")
+    return notes
+
+
+def _stop_notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
+    """Why the cell stopped where it did."""
     name = f"`{prof.training_loader}`" if prof.training_loader else "the training loader"
     reason = run.stop_reason
     if reason == "epoch":
-        notes.append(f"stopped the cell when {name} started its second pass: one epoch measured")
-    elif reason in ("steps", "seconds"):
+        return [f"stopped the cell when {name} started its second pass: one epoch measured"]
+    if reason in ("steps", "seconds"):
         why = (
             f"--steps {probes.max_steps}"
             if reason == "steps"
@@ -290,11 +322,17 @@ def _notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
                 else "the 60 s default limit for loops without a DataLoader (--max-seconds)"
             )
         )
-        notes.append(f"stopped the cell after {prof.steps} steps ({why})")
-    elif reason == "interrupted":
-        notes.append(f"interrupted after {prof.steps} steps: a partial profile")
-    elif reason == "error":
-        notes.append(f"the cell raised {prof.error} after {prof.steps} steps: a partial profile")
+        return [f"stopped the cell after {prof.steps} steps ({why})"]
+    if reason == "interrupted":
+        return [f"interrupted after {prof.steps} steps: a partial profile"]
+    if reason == "error":
+        return [f"the cell raised {prof.error} after {prof.steps} steps: a partial profile"]
+    return []
+
+
+def _epoch_notes(prof: EpochProfile) -> list[str]:
+    """How the epoch time was reached, and what clocked the steps."""
+    notes = []
     if prof.epoch_s is not None and prof.epoch_s != prof.wall_s and prof.steps_per_epoch:
         warm = warmup_count(prof.step_times)
         med = steady_median(prof.step_times) or 0.0
@@ -313,6 +351,12 @@ def _notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
         notes.append(
             f"a GradScaler skipped {prof.skipped_steps} optimizer steps (inf/nan gradients)"
         )
+    return notes
+
+
+def _timing_notes(prof: EpochProfile, run: RunResult) -> list[str]:
+    """Which clock the phases are on."""
+    notes = []
     note = host_timed_note(str(prof.config.get("device") or "cpu"))
     if note:
         notes.append(note)
@@ -326,31 +370,24 @@ def _notes(prof: EpochProfile, run: RunResult, probes: Probes) -> list[str]:
             "GPU phases from CUDA events at every phase boundary: device work is credited "
             "to the phase that launched it, idle time to what the host was doing"
         )
-    if probes.skip_epochs:
-        if probes.no_loader_to_skip:
-            notes.append(
-                f"--skip-epochs {probes.skip_epochs}: the cell has no training DataLoader, so "
-                "there are no epochs to skip; measured from the second training step"
-            )
-        elif not probes.measured:
-            notes.append(
-                f"--skip-epochs {probes.skip_epochs}: the training loader ran only "
-                f"{probes.idle_epochs} epoch(s), so "
-                "no epoch was left to measure"
-            )
-        else:
-            notes.append(
-                f"skipped {probes.skipped_epochs} epoch(s) unmeasured (--skip-epochs); "
-                "this is the next one"
-            )
-    notes.extend(probes.notes)
-    comp = prof.compile
-    if comp and comp.get("compiles"):
-        notes.append(
-            f"torch.compile: {comp['compile_s']:.2f} s compiling in {comp['compiles']} "
-            f"compile(s), {comp['recompiles']} recompile(s), {comp['graph_breaks']} graph "
-            "break(s); compile time stays in the phase it happened in"
-        )
-    if probes.loader_name is not None and not probes.named_loader_seen:
-        notes.append(f"--loader {probes.loader_name}: no loader of that name was iterated")
     return notes
+
+
+def _skip_notes(probes: Probes) -> list[str]:
+    """What ``--skip-epochs`` did."""
+    if not probes.skip_epochs:
+        return []
+    if probes.no_loader_to_skip:
+        return [
+            f"--skip-epochs {probes.skip_epochs}: the cell has no training DataLoader, so "
+            "there are no epochs to skip; measured from the second training step"
+        ]
+    if not probes.measured:
+        return [
+            f"--skip-epochs {probes.skip_epochs}: the training loader ran only "
+            f"{probes.idle_epochs} epoch(s), so "
+            "no epoch was left to measure"
+        ]
+    return [
+        f"skipped {probes.skipped_epochs} epoch(s) unmeasured (--skip-epochs); this is the next one"
+    ]

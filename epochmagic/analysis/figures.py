@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from epochmagic.model.profile import EpochProfile
 
-MIN_GAIN = 1.05  # a suggestion must be predicted to save at least 5 %
-
 
 def epoch(prof: EpochProfile) -> float:
     return prof.wall_s or 1.0

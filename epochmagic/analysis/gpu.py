@@ -17,8 +17,9 @@ from collections import Counter
 from typing import Any
 
 from epochmagic.analysis.figures import step_times_without_compile
-from epochmagic.analysis.timeline import Timeline, steady_median
+from epochmagic.analysis.timeline import Sync, Timeline, steady_median
 from epochmagic.capture.devicetime import overlap
+from epochmagic.model.gpurecord import GpuRecord, SiteRecord
 
 # Dense datasheet peaks (no structured sparsity), TFLOP/s: fp32, tf32, bf16/fp16.
 # Matched against torch.cuda.get_device_name() in this order.
@@ -39,7 +40,7 @@ PEAK_TFLOPS: list[tuple[str, tuple[float, float | None, float]]] = [
 TOP_SITES = 10  # every kind of sync in a loop; the finding cites the first three
 
 
-def fields(tl: Timeline, device: dict[str, Any]) -> dict[str, Any]:
+def fields(tl: Timeline, device: dict[str, Any]) -> GpuRecord:
     """``device``: what the clock says about the card (``DeviceClock.describe``)."""
     wall = tl.wall_s or 1e-12
     timed = tl.device_phases is not None
@@ -47,10 +48,10 @@ def fields(tl: Timeline, device: dict[str, Any]) -> dict[str, Any]:
     in_steps = sum(tl.step_times)
     busy_in_steps = overlap(tl.busy, tl.step_bounds)
     bounds = tl.step_bounds
-    in_step = [s for s in tl.syncs if _inside(s[0], bounds)]
-    calls = [s for s in in_step if not s[3]]
-    copies = [s for s in in_step if s[3]]
-    wait = sum(s[4] for s in tl.syncs)
+    in_step = [s for s in tl.syncs if _inside(s.t, bounds)]
+    calls = [s for s in in_step if not s.in_copy]
+    copies = [s for s in in_step if s.in_copy]
+    wait = sum(s.wait for s in tl.syncs)
     steps = max(1, len(bounds))
     return {
         "name": device.get("name"),
@@ -94,13 +95,14 @@ def _inside(t: float, bounds: list[tuple[float, float]]) -> bool:
     return i >= 0 and bounds[i][0] <= t <= bounds[i][1]
 
 
-def _sites(syncs: list[tuple[float, str, int, bool, float]]) -> list[dict[str, Any]]:
+def _sites(syncs: list[Sync]) -> list[SiteRecord]:
     """The lines the syncs came from, most frequent first (each at the
     user's own line: torch's frames are skipped when it reports them)."""
-    counts = Counter((s[1], s[2]) for s in syncs)
+    counts = Counter((s.filename, s.lineno) for s in syncs)
     waits: dict[tuple[str, int], float] = {}
     for s in syncs:
-        waits[(s[1], s[2])] = waits.get((s[1], s[2]), 0.0) + s[4]
+        where = (s.filename, s.lineno)
+        waits[where] = waits.get(where, 0.0) + s.wait
     return [
         {"filename": f, "lineno": n, "source": _source(f, n), "count": c, "wait_s": waits[(f, n)]}
         for (f, n), c in counts.most_common(TOP_SITES)
@@ -112,7 +114,7 @@ def _source(filename: str, lineno: int) -> str:
 
 
 # -- model FLOP utilisation -------------------------------------------------------------
-def utilisation(gpu: dict[str, Any] | None, prof: Any) -> None:
+def utilisation(gpu: GpuRecord | None, prof: Any) -> None:
     """Fill ``flops_per_step`` and ``mfu``: the model's FLOPs per step (forward +
     backward as counted, scaled to this run's batch) over the steady step time,
     against the card's peak in the precision the matmuls ran in. Above 100 %
@@ -134,12 +136,14 @@ def utilisation(gpu: dict[str, Any] | None, prof: Any) -> None:
     if source and dtype != (prof.config.get("precision") or "fp32") and dtype != "tf32":
         source += f"; the weights are {dtype}"
     gpu.update(
-        flops_per_step=flops,
-        achieved_flops=achieved,
-        peak_flops=peak,
-        peak_source=source,
-        matmul_dtype=dtype,
-        mfu_note=None,
+        {
+            "flops_per_step": flops,
+            "achieved_flops": achieved,
+            "peak_flops": peak,
+            "peak_source": source,
+            "matmul_dtype": dtype,
+            "mfu_note": None,
+        }
     )
     mfu = achieved / peak if peak else None
     if mfu is not None and mfu > 1.0:
@@ -158,7 +162,7 @@ def steady_step_s(prof: Any) -> float | None:
     return step_s if step_s and step_s > 0 else None
 
 
-def matmul_dtype(precision: str, param_dtype: str | None, gpu: dict[str, Any]) -> str:
+def matmul_dtype(precision: str, param_dtype: str | None, gpu: GpuRecord) -> str:
     """ "fp32", "tf32", "bf16" or "fp16": autocast's precision, else that of
     bf16/fp16 weights, else fp32 with TF32 where torch allows it."""
     if precision in ("bf16", "fp16"):

@@ -76,7 +76,7 @@ class CompileWatch:
                 watch._setup()
             return original(*args, **kwargs)
 
-        compile.__wrapped__ = original  # type: ignore[attr-defined]
+        compile.__wrapped__ = original  # type: ignore[attr-defined]  # a function attribute mypy does not know
         compile.__doc__ = original.__doc__
         self.patches.replace(torch, "compile", compile)
         self.patches.on_close(self._over)

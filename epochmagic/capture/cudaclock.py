@@ -7,11 +7,9 @@ the end, after one ``synchronize()``. :mod:`epochmagic.capture.devicetime` turns
 markers into device-true phases.
 
 A reading is on the hot path of every step, so events are pooled per device
-and re-recorded with ``cudaEventRecord`` from torch's own libcudart on the
-raw current stream (2.7 us per record on an H200, against 12.5 us for
-``Event.record()``, most of which is building the current ``Stream``); torch's
-``Event`` still does ``query`` and ``elapsed_time`` on the same handle. Where
-that path is missing or fails, torch records.
+and re-recorded through the cheapest path that works
+(:mod:`epochmagic.capture.cudart`); torch's ``Event`` does ``query`` and
+``elapsed_time`` on the same handle.
 
 Completion times are host times: an anchor event recorded on the drained
 device completes at once, so the host time read right after it is its device
@@ -19,10 +17,8 @@ time; a second such event at the end measures the offset the device's timer
 drifted by, which is taken out linearly.
 
 Synchronising calls are found with torch's own sync debug mode
-(``torch.cuda.set_sync_debug_mode("warn")``): it warns on every ``.item()``,
-``.cpu()``, ``print(tensor)``, blocking copy and the like. The warning is
-delivered when the call returns, so ``Tensor.item`` also reads the clock as
-it starts, which makes the host's wait in it exact.
+(``torch.cuda.set_sync_debug_mode("warn")``), switched on when the clock
+starts, and routed by :mod:`epochmagic.capture.syncwatch`.
 
 :class:`DeviceClock` is the interface the session and probes use;
 ``make_clock`` picks the implementation (tests substitute a simulated stream).
@@ -31,24 +27,20 @@ it starts, which makes the host's wait in it exact.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import re
-import sys
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from epochmagic.capture.cudart import Item, RecordPaths, describe_error, find_cudart
 from epochmagic.capture.devicetime import DeviceTime, drift_corrected
+from epochmagic.capture.patching import Patches
+from epochmagic.capture.syncwatch import route_sync_warnings
 
-SYNC_MESSAGE = "called a synchronizing CUDA operation"
 POOL_BATCH = 1024  # events made at the start and whenever a device's pool runs dry
 REANCHOR_S = 10.0  # elapsed_time is float32 milliseconds: keep differences short
 CALIBRATE_S = 5e-6  # an end offset above this is taken out of the completion times
-
-Item = tuple[int, Any, list[Any]]  # (raw cudaEvent_t or 0, torch Event, its device's pool)
 
 
 class DeviceClock(Protocol):
@@ -86,7 +78,7 @@ def make_clock() -> DeviceClock | None:
         return None
 
 
-class CudaClock:
+class CudaClock(RecordPaths):
     """Host clock + one CUDA timing event per reading on the current stream."""
 
     name = "cuda"
@@ -103,30 +95,14 @@ class CudaClock:
         if api is None:
             import torch as api
         torch = api
+        super().__init__(torch, cudart if cudart is not None else find_cudart)
         c = getattr(torch, "_C", None)
-        self._torch = torch
         # bound now, before the probes wrap torch.cuda.synchronize: the clock's
         # own drains are not the cell's syncs
         self._synchronize = torch.cuda.synchronize
-        self._event = torch.cuda.Event
         self._capturing = getattr(
             c, "_cuda_isCurrentStreamCapturing", torch.cuda.is_current_stream_capturing
         )
-        self._device: Callable[[], int] = (
-            getattr(c, "_cuda_getDevice", None)
-            or getattr(torch.cuda, "current_device", None)
-            or _device_zero
-        )
-        self._raw_stream: Callable[[int], int] = (
-            getattr(c, "_cuda_getCurrentRawStream", None) or _no_raw_stream
-        )
-        self._cudart = cudart if cudart is not None else find_cudart
-        self._lib: Any = None
-        self._lib_looked_up = False
-        self._record: Callable[[Any], None] | None = None  # torch's fast path, once checked
-        self._raw: Callable[[int, int], int] | None = None  # cudaEventRecord, once checked
-        self._chosen = False
-        self.record_note: str | None = None  # why readings are not on the cudart path
         self.clock_offset_s: float | None = None  # device minus host clock at the end
         self.host = host
         self.hosts: list[float] = []
@@ -142,16 +118,7 @@ class CudaClock:
         self._lock = threading.Lock()
         self._initialized = torch.cuda.is_initialized
         self._waiting = False  # begun before the cell brought CUDA up
-        self._watching = False
-        self._debug_before: int | None = None
-
-    @property
-    def record_path(self) -> str | None:
-        """How readings are recorded: "cudart", "stream" (torch's record on a
-        cached ``Stream``) or "event" (``Event.record()``); None before a start."""
-        if not self._chosen:
-            return None
-        return "cudart" if self._raw is not None else "stream" if self._record else "event"
+        self._watch: Patches | None = None  # the open sync watch's patches
 
     # -- the hot path ---------------------------------------------------------------
     def now(self) -> float:
@@ -188,17 +155,6 @@ class CudaClock:
             self.hosts.append(t)
         return t
 
-    def _record_slow(self, item: Item, rc: int | None) -> bool:
-        """Record through torch; ``rc``: what a failed cudaEventRecord returned
-        (the rest of the run then records through torch). False: no marker."""
-        if rc is not None:
-            self._drop_raw(f"cudaEventRecord returned {rc} mid-run")
-        try:
-            self._torch_record(item[1])
-        except Exception:  # noqa: BLE001 (a broken context: finish() says so)
-            return False
-        return True
-
     def _refill(self, dev: int) -> Item:
         """A device's pool ran dry: recycle the events that completed, and
         make a batch when that freed few (the device lags the host)."""
@@ -208,38 +164,6 @@ class CudaClock:
         if len(pool) <= POOL_BATCH // 4:
             pool.extend([self._new_item(pool) for _ in range(POOL_BATCH)])
         return pool.pop()
-
-    def _new_item(self, pool: list[Item]) -> Item:
-        ev = self._event(enable_timing=True)
-        if self._raw is not None:
-            try:
-                return self._materialised(ev, pool)
-            except Exception as e:  # noqa: BLE001 (torch records from here on)
-                self._drop_raw(f"creating an event failed: {_describe(e)}")
-        return (0, ev, pool)
-
-    def _materialised(self, ev: Any, pool: list[Item]) -> Item:
-        """torch creates the CUDA event at its first record: record once
-        through torch, then the raw handle can be re-recorded."""
-        self._torch_record(ev)
-        handle = int(ev.cuda_event)
-        if not handle:
-            raise RuntimeError("the event has no CUDA handle")
-        return (handle, ev, pool)
-
-    def _torch_record(self, ev: Any) -> None:
-        if self._record is not None:
-            try:
-                self._record(ev)
-                return
-            except Exception as e:  # noqa: BLE001 (a changed private API: the public one)
-                self._record = None
-                self.record_note = f"stream record failed: {_describe(e)}"
-        ev.record()
-
-    def _drop_raw(self, why: str) -> None:
-        self._raw = None
-        self.record_note = why
 
     # -- run boundaries ---------------------------------------------------------------
     def begin(self) -> None:
@@ -272,68 +196,23 @@ class CudaClock:
             self._base_bytes = int(cuda.memory_allocated()) if base else 0
             self._started = True
             self._choose_path()
-            if self._watching:
-                self._debug_before = cuda.get_sync_debug_mode()
-                cuda.set_sync_debug_mode("warn")
+            if self._watch is not None:
+                self._watch.setting(cuda.get_sync_debug_mode, cuda.set_sync_debug_mode, "warn")
             anchor, anchor_t = self._record_idle()
         except RuntimeError as e:  # a broken context: the cell will say why
-            self.error = _describe(e)
+            self.error = describe_error(e)
             return
         self._anchor, self._anchor_t, self._start_t = anchor, anchor_t, anchor_t
 
     def _choose_path(self) -> None:
         """The cheapest record path that works here, checked once per run; the
         device's pool is filled here, outside the cell's timing."""
-        self._record = _checked(stream_recorder(self._torch), self._event)
-        self._chosen = True
-        self.record_note = None
-        self._raw = self._cudart_record()
+        self._pick_paths()
         dev = self._device()
         pool = self._pools.setdefault(dev, [])
         pool.extend([self._new_item(pool) for _ in range(POOL_BATCH)])  # materialised for cudart
         if self._raw is not None:
             self._check_raw(self._raw, dev, pool)
-
-    def _cudart_record(self) -> Callable[[int, int], int] | None:
-        """``cudaEventRecord`` of torch's libcudart, or None (``record_note`` says why)."""
-        try:
-            self._raw_stream(self._device())
-        except Exception:  # noqa: BLE001 (torch without the private name)
-            self.record_note = "no torch._C._cuda_getCurrentRawStream"
-            return None
-        if not self._lib_looked_up:
-            self._lib_looked_up = True
-            try:
-                self._lib = self._cudart()
-            except Exception:  # noqa: BLE001
-                self._lib = None
-        try:
-            record: Callable[[int, int], int] = self._lib.cudaEventRecord
-        except AttributeError as e:
-            self.record_note = "torch's libcudart not found" if self._lib is None else _describe(e)
-            return None
-        return record
-
-    def _check_raw(self, record: Callable[[int, int], int], dev: int, pool: list[Item]) -> None:
-        """Keep the cudart path if two events recorded through it on the
-        current stream complete with a valid elapsed time. Synchronising on
-        the second also drains the pool's first records before the anchor."""
-        try:
-            pair = [pool.pop(), pool.pop()]
-            for handle, _, _ in pair:
-                rc = record(handle, self._raw_stream(dev))
-                if rc != 0:
-                    self._drop_raw(f"cudaEventRecord returned {rc}")
-                    return
-            first, second = pair[0][1], pair[1][1]
-            second.synchronize()
-            if not (first.query() and second.query()) or first.elapsed_time(second) < 0:
-                self._drop_raw("events recorded through cudart did not complete")
-                return
-        except Exception as e:  # noqa: BLE001 (a changed API: torch records)
-            self._drop_raw(_describe(e))
-            return
-        pool.extend(pair)
 
     def _record_idle(self) -> tuple[Any, float]:
         """An event recorded on the drained device by the run's path, and the
@@ -364,7 +243,7 @@ class CudaClock:
             self._resolve(final=True)
             self._calibrate()
         except RuntimeError as e:  # a device-side error: keep the host timeline
-            self.error = _describe(e)
+            self.error = describe_error(e)
             return None
         finally:
             self._anchor = None
@@ -413,43 +292,16 @@ class CudaClock:
     @contextlib.contextmanager
     def watch_syncs(self, on_sync: Callable[[str, int], None]) -> Iterator[None]:
         """Call ``on_sync(filename, lineno)`` after every synchronising call the
-        main thread makes; the warnings torch raises for them are not shown."""
-        cuda = self._torch.cuda
-        main = threading.get_ident()
-        shown = warnings.showwarning
-
-        def showwarning(
-            message: Any,
-            category: Any,
-            filename: str,
-            lineno: int,
-            file: Any = None,
-            line: Any = None,
-        ) -> None:
-            if SYNC_MESSAGE in str(message):
-                if threading.get_ident() == main:
-                    on_sync(*user_frame(filename, lineno))
-                return
-            shown(message, category, filename, lineno, file, line)
-
-        count = len(warnings.filters)
-        warnings.filterwarnings("always", message=SYNC_MESSAGE)
-        added = warnings.filters[0] if len(warnings.filters) > count else None  # else the user's
-        warnings.showwarning = showwarning
-        self._watching = True  # the debug mode is switched on when the clock starts
-        try:
+        main thread makes (:func:`~epochmagic.capture.syncwatch.route_sync_warnings`);
+        torch's sync debug mode is switched on when the clock starts."""
+        with Patches() as patches:
+            route_sync_warnings(patches, on_sync)
+            patches.on_close(self._stop_watching)
+            self._watch = patches
             yield
-        finally:
-            self._watching = False
-            if self._debug_before is not None:
-                cuda.set_sync_debug_mode(self._debug_before)
-                self._debug_before = None
-            if warnings.showwarning is showwarning:
-                warnings.showwarning = shown
-            if added is not None:
-                with contextlib.suppress(ValueError):
-                    warnings.filters.remove(added)  # type: ignore[attr-defined]
-                warnings._filters_mutated()  # type: ignore[attr-defined]
+
+    def _stop_watching(self) -> None:
+        self._watch = None
 
     def memory(self) -> int:
         return int(self._torch.cuda.memory_stats().get("allocated_bytes.all.current", 0))
@@ -498,123 +350,3 @@ def time_readings(clock: DeviceClock, n: int = 1000) -> float:
     for _ in range(n):
         now()
     return (time.perf_counter() - t0) / n
-
-
-_CUDART = re.compile(r"/libcudart[^/\s]*\.so[^/\s]*$")
-_MAJOR = re.compile(r"\.so\.(\d+)")
-
-
-def cudart_path(maps: str, cuda_version: str | None = None) -> str | None:
-    """The libcudart mapped into this process, from ``/proc/self/maps`` text;
-    of several, one of torch's CUDA major version (a stray one from another
-    package would not be torch's runtime)."""
-    paths: list[str] = []
-    for line in maps.splitlines():
-        fields = line.split(None, 5)
-        path = fields[5] if len(fields) == 6 else ""
-        if _CUDART.search(path) and path not in paths:  # a replaced file: "... (deleted)"
-            paths.append(path)
-    if cuda_version:
-        major = cuda_version.split(".")[0]
-        for path in paths:
-            found = _MAJOR.search(path.rsplit("/", 1)[-1])
-            if found and found.group(1) == major:
-                return path
-    return paths[0] if paths else None
-
-
-def find_cudart(maps: str = "/proc/self/maps") -> Any:
-    """torch's own libcudart, already loaded once CUDA is up (``CDLL`` of a
-    loaded path returns it), with ``cudaEventRecord`` declared; else None."""
-    try:
-        with open(maps) as f:
-            text = f.read()
-        torch = sys.modules.get("torch")
-        path = cudart_path(text, getattr(getattr(torch, "version", None), "cuda", None))
-        if path is None:
-            return None
-        lib = ctypes.CDLL(path)
-        record = lib.cudaEventRecord
-    except (OSError, AttributeError):
-        return None
-    record.argtypes = [ctypes.c_void_p, ctypes.c_void_p]  # cudaEvent_t, cudaStream_t
-    record.restype = ctypes.c_int  # cudaError_t
-    return lib
-
-
-def _device_zero() -> int:
-    return 0
-
-
-def _no_raw_stream(device: int) -> int:
-    raise AttributeError("torch._C._cuda_getCurrentRawStream")
-
-
-def stream_recorder(torch: Any) -> Callable[[Any], None] | None:
-    """Record an event on the current stream without building a ``Stream``
-    object per reading, as ``Event.record()`` does through
-    ``torch.cuda.current_stream()`` (most of a reading's cost): the current
-    stream is looked up by its id and its Python object reused."""
-    try:
-        get_stream = torch._C._cuda_getCurrentStream
-        get_device = torch._C._cuda_getDevice
-        base_record = torch._C._CudaEventBase.record
-        stream_type = torch.cuda.Stream
-    except AttributeError:
-        return None
-    streams: dict[Any, Any] = {}
-
-    def record(ev: Any) -> None:
-        data = tuple(get_stream(get_device()))
-        stream = streams.get(data)
-        if stream is None:
-            stream = streams[data] = stream_type(
-                stream_id=data[0], device_index=data[1], device_type=data[2]
-            )
-        base_record(ev, stream)
-
-    return record
-
-
-def _checked(record: Callable[[Any], None] | None, event: Any) -> Callable[[Any], None] | None:
-    """``record`` if it records a completing event here, else None (the public path)."""
-    if record is None:
-        return None
-    try:
-        probe = event(enable_timing=True)
-        record(probe)
-        probe.synchronize()
-        return record if probe.query() else None
-    except Exception:  # noqa: BLE001 (a private API that changed: use the public one)
-        return None
-
-
-def _describe(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-
-
-def user_frame(filename: str, lineno: int) -> tuple[str, int]:
-    """The caller outside torch and epochmagic: a sync inside ``print(t)`` is
-    reported at the user's ``print``, not in torch's tensor formatting."""
-    if not filename.startswith(_internal()):
-        return filename, lineno
-    found = caller_outside(sys._getframe(1))
-    return found if found[0] else (filename, lineno)
-
-
-def caller_outside(frame: Any) -> tuple[str, int]:
-    """The first frame from ``frame`` outwards that is not torch's, ours or
-    the warnings machinery's: the user's line."""
-    skip = _internal()
-    while frame is not None and frame.f_code.co_filename.startswith(skip):
-        frame = frame.f_back
-    if frame is None:
-        return "", 0
-    return frame.f_code.co_filename, frame.f_lineno
-
-
-def _internal() -> tuple[str, ...]:
-    import torch
-
-    return (torch.__path__[0], __file__.rsplit("/", 1)[0], warnings.__file__)

@@ -9,13 +9,14 @@ from typing import Any
 
 import torch
 
+from epochmagic.model.vocabulary import LOADER_KEYS
+
 
 def loader_config(loader: Any) -> dict[str, Any]:
-    """Batch size, workers and loader options of a DataLoader, as it runs."""
+    """Batch size, workers and loader options of a DataLoader, as it runs: the
+    loader settings of ``epochmagic/model/vocabulary.py`` (``LOADER_KEYS``)."""
     if loader is None:
-        return dict.fromkeys(
-            ("batch_size", "workers", "pin_memory", "persistent_workers", "prefetch_factor")
-        )
+        return dict.fromkeys(LOADER_KEYS)
     batch_size = getattr(loader, "batch_size", None)
     if batch_size is None:  # a custom batch_sampler sets batch_size to None
         batch_size = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)

@@ -11,10 +11,15 @@ import inspect
 import multiprocessing
 import pickle
 import sys
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
+
+from epochmagic.capture.patching import Patches
+from epochmagic.capture.rng import preserved_rng
 
 
 class Unsupported(Exception):
@@ -162,7 +167,7 @@ def _sampler(loader: Any, dataset: Any) -> Any:
     return s  # a custom sampler is shared; its generator is restored afterwards
 
 
-def shut_down(iterators: list[Any], keep: list[Any] = ()) -> None:  # type: ignore[assignment]
+def shut_down(iterators: Sequence[Any], keep: Sequence[Any] = ()) -> None:
     """Stop the worker processes of DataLoader iterators an auxiliary run
     started, except those a loader still holds (``keep``)."""
     kept = {id(k) for k in keep if k is not None}
@@ -185,9 +190,6 @@ def loading_cost(loader: Any, max_seconds: float = 0.5) -> dict[str, float] | No
     cannot separate it from compute; RNG states are put back afterwards (a
     random augmentation draws from them).
     """
-    import random
-    import time
-
     dataset = loader.dataset
     bs = batch_size_of(loader) or 1
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
@@ -198,25 +200,22 @@ def loading_cost(loader: Any, max_seconds: float = 0.5) -> dict[str, float] | No
         return None
     if n == 0:
         return None
-    states = (random.getstate(), torch.get_rng_state())
     try:
-        samples: list[Any] = []
-        t0 = time.perf_counter()
-        for i in range(min(n, bs * 4)):
-            samples.append(dataset[i])
-            if time.perf_counter() - t0 > max_seconds and len(samples) >= 2:
-                break
-        fetch = time.perf_counter() - t0
-        batch = samples[:bs]
-        t1 = time.perf_counter()
-        if loader.collate_fn is not None and loader.batch_size is not None:
-            loader.collate_fn(batch)
-        collate = time.perf_counter() - t1
+        with preserved_rng():
+            samples: list[Any] = []
+            t0 = time.perf_counter()
+            for i in range(min(n, bs * 4)):
+                samples.append(dataset[i])
+                if time.perf_counter() - t0 > max_seconds and len(samples) >= 2:
+                    break
+            fetch = time.perf_counter() - t0
+            batch = samples[:bs]
+            t1 = time.perf_counter()
+            if loader.collate_fn is not None and loader.batch_size is not None:
+                loader.collate_fn(batch)
+            collate = time.perf_counter() - t1
     except Exception:  # noqa: BLE001 (a dataset that fails here fails in the loop too)
         return None
-    finally:
-        random.setstate(states[0])
-        torch.set_rng_state(states[1])
     per_sample = fetch / len(samples)
     collate_per_sample = collate / max(1, len(batch))
     cost = {
@@ -234,25 +233,18 @@ def loading_cost(loader: Any, max_seconds: float = 0.5) -> dict[str, float] | No
 def _transform_share(dataset: Any, n: int, per_sample: float) -> float | None:
     """Seconds per sample spent in the dataset's ``transform``: the same
     samples fetched once more with it switched off (and put back)."""
-    import random
-    import time
-
     transform = getattr(dataset, "transform", None)
     if transform is None or not callable(transform):
         return None
-    states = (random.getstate(), torch.get_rng_state())
     try:
-        dataset.transform = None
-        t0 = time.perf_counter()
-        for i in range(n):
-            dataset[i]
-        raw = (time.perf_counter() - t0) / n
+        with preserved_rng(), Patches() as patches:
+            patches.swap(dataset, "transform", None)
+            t0 = time.perf_counter()
+            for i in range(n):
+                dataset[i]
+            raw = (time.perf_counter() - t0) / n
     except Exception:  # noqa: BLE001 (a dataset that needs its transform: no split)
         return None
-    finally:
-        dataset.transform = transform
-        random.setstate(states[0])
-        torch.set_rng_state(states[1])
     return max(0.0, per_sample - raw)
 
 
@@ -268,7 +260,7 @@ def loading_cost_in_worker(loader: Any, timeout: float = 10.0) -> dict[str, floa
     parent, child = ctx.Pipe(duplex=False)
 
     def work() -> None:
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # changes only this forked child, which exits; noqa: patching
         child.send(loading_cost(loader, max_seconds=0.2))
 
     proc = ctx.Process(target=work, daemon=True)
@@ -298,31 +290,26 @@ def worker_batch_time(loader: Any, batches: int = 30, max_seconds: float = 0.6) 
     assumed. Start-up (the first batches) is left out; RNG states and the
     loader's generator are untouched (a rebuilt loader with a copied generator).
     """
-    import random
-    import time
-
     try:
         check_workers(loader, 1)
         probe = rebuild(loader, workers=1, persistent_workers=False)
     except Unsupported:
         return None
-    states = (random.getstate(), torch.get_rng_state())
     it = None
-    try:
-        it = iter(probe)
-        next(it)
-        next(it)  # warm: fork and the first prefetch are start-up, not throughput
-        t0 = time.perf_counter()
-        n = 0
-        for _ in range(batches):
+    with preserved_rng():
+        try:
+            it = iter(probe)
             next(it)
-            n += 1
-            if time.perf_counter() - t0 > max_seconds:
-                break
-        return (time.perf_counter() - t0) / n
-    except Exception:  # noqa: BLE001 (StopIteration on a short epoch, a failing worker)
-        return None
-    finally:
-        shut_down([it])
-        random.setstate(states[0])
-        torch.set_rng_state(states[1])
+            next(it)  # warm: fork and the first prefetch are start-up, not throughput
+            t0 = time.perf_counter()
+            n = 0
+            for _ in range(batches):
+                next(it)
+                n += 1
+                if time.perf_counter() - t0 > max_seconds:
+                    break
+            return (time.perf_counter() - t0) / n
+        except Exception:  # noqa: BLE001 (StopIteration on a short epoch, a failing worker)
+            return None
+        finally:
+            shut_down([it])

@@ -31,8 +31,9 @@ from __future__ import annotations
 import contextlib
 import sys
 import types
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 _HERE = __file__.rsplit("/", 2)[0]  # the package: every layer's code
 _REGISTERED: set[types.CodeType] = set()
@@ -179,6 +180,23 @@ class Patches:
 
     def on_close(self, undo: Callable[[], Any]) -> None:
         self._tracked(getattr(undo, "__qualname__", repr(undo)), undo)
+
+    def warning_filter(self, action: Literal["always", "ignore"], message: str) -> None:
+        """``warnings.filterwarnings(action, message=message)`` until close. A
+        filter the user already had (``filterwarnings`` moves it to the front
+        instead of adding one) stays theirs."""
+        count = len(warnings.filters)
+        warnings.filterwarnings(action, message=message)
+        if len(warnings.filters) == count:
+            return
+        added = warnings.filters[0]
+
+        def remove() -> None:
+            if added in warnings.filters:
+                warnings.filters.remove(added)  # type: ignore[attr-defined]  # typeshed: filters is a Sequence
+            warnings._filters_mutated()  # type: ignore[attr-defined]  # private: not in typeshed
+
+        self._tracked(f"warning filter {message!r}", remove)
 
     def _tracked(self, what: str, undo: Callable[[], Any]) -> Callable[[], None]:
         """Register ``undo`` to run at close, listed in ``installed()`` until it

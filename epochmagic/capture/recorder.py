@@ -1,6 +1,7 @@
 """The event log the probes write while the cell runs.
 
-Probes only append ``(time, kind, obj, info)`` tuples here; everything else
+Probes only append ``(time, kind, obj, info)`` tuples here (kinds and typed
+records: :mod:`epochmagic.model.events`); everything else
 (steps, phases, the training loader) is worked out afterwards by
 :mod:`epochmagic.analysis.timeline`. Appending a tuple costs well under a microsecond,
 which is what keeps the measured epoch undistorted.
@@ -11,46 +12,78 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-# Event kinds. Enter/exit pairs carry the phase they open; the rest are marks.
-ITER_ENTER, ITER_EXIT = 1, 2  # DataLoader.__iter__ (worker start-up is here)
-NEXT_ENTER, NEXT_EXIT, NEXT_STOP = 3, 4, 5  # _BaseDataLoaderIter.__next__
-FWD_ENTER, FWD_EXIT = 6, 7  # a root module's forward
-BWD_ENTER, BWD_EXIT = 8, 9  # Tensor.backward / autograd.backward / autograd.grad
-OPT_ENTER, OPT_EXIT = 10, 11  # Optimizer.step (via the global step hooks)
-ZERO_ENTER, ZERO_EXIT = 12, 13  # Optimizer.zero_grad
-XFER_ENTER, XFER_EXIT = 14, 15  # a host-to-device Tensor.to / .cuda
-MEM = 16  # a memory sample (bytes)
-SCALER_SKIP = 17  # GradScaler.step skipped the optimizer (inf/nan gradients)
-SYNC = 18  # a call that waited for the device returned: (filename, lineno, in a copy)
-CMP_ENTER, CMP_EXIT = 19, 20  # compiled code (torch.compile) runs in between
+# The event kinds and records live in the model layer; re-exported here
+# because the probes write ``r.KIND`` (``from epochmagic.capture import recorder as r``).
+from epochmagic.model.events import (
+    BWD_ENTER,
+    BWD_EXIT,
+    CMP_ENTER,
+    CMP_EXIT,
+    ENTER_OF_EXIT,
+    EXIT_OF_ENTER,
+    FWD_ENTER,
+    FWD_EXIT,
+    ITER_ENTER,
+    ITER_EXIT,
+    MEM,
+    NEXT_ENTER,
+    NEXT_EXIT,
+    NEXT_STOP,
+    OPT_ENTER,
+    OPT_EXIT,
+    PHASE_OF_ENTER,
+    SCALER_SKIP,
+    SYNC,
+    XFER_ENTER,
+    XFER_EXIT,
+    ZERO_ENTER,
+    ZERO_EXIT,
+    BatchInfo,
+    Event,
+    ForwardInfo,
+    RawEvent,
+    SyncInfo,
+    as_events,
+)
 
-PHASE_OF_ENTER = {
-    ITER_ENTER: "data",
-    NEXT_ENTER: "data",
-    FWD_ENTER: "forward",
-    BWD_ENTER: "backward",
-    OPT_ENTER: "optimizer",
-    ZERO_ENTER: "optimizer",
-    XFER_ENTER: "transfer",
-    CMP_ENTER: "forward",  # what the probes cannot see inside compiled code
-}
-EXIT_OF_ENTER = {
-    ITER_ENTER: ITER_EXIT,
-    NEXT_ENTER: NEXT_EXIT,
-    FWD_ENTER: FWD_EXIT,
-    BWD_ENTER: BWD_EXIT,
-    OPT_ENTER: OPT_EXIT,
-    ZERO_ENTER: ZERO_EXIT,
-    XFER_ENTER: XFER_EXIT,
-    CMP_ENTER: CMP_EXIT,
-}
-ENTER_OF_EXIT = {v: k for k, v in EXIT_OF_ENTER.items()}
-ENTER_OF_EXIT[NEXT_STOP] = NEXT_ENTER
-
-Event = tuple[float, int, Any, Any]
+__all__ = [
+    "BWD_ENTER",
+    "BWD_EXIT",
+    "CMP_ENTER",
+    "CMP_EXIT",
+    "ENTER_OF_EXIT",
+    "EXIT_OF_ENTER",
+    "FWD_ENTER",
+    "FWD_EXIT",
+    "ITER_ENTER",
+    "ITER_EXIT",
+    "MEM",
+    "NEXT_ENTER",
+    "NEXT_EXIT",
+    "NEXT_STOP",
+    "OPT_ENTER",
+    "OPT_EXIT",
+    "PHASE_OF_ENTER",
+    "SCALER_SKIP",
+    "SYNC",
+    "XFER_ENTER",
+    "XFER_EXIT",
+    "ZERO_ENTER",
+    "ZERO_EXIT",
+    "BatchInfo",
+    "Event",
+    "ForwardInfo",
+    "MemoryReader",
+    "Pass",
+    "RawEvent",
+    "Recorder",
+    "SyncInfo",
+    "passes",
+]
 
 
 @dataclass(slots=True)
@@ -67,21 +100,25 @@ class Pass:
     iterator: Any = None
 
 
-def passes(events: list[Event]) -> list[Pass]:
-    """The loader passes in the log, in the order they started."""
+def passes(events: Iterable[RawEvent]) -> list[Pass]:
+    """The loader passes in the log, in the order they started (raw or typed
+    events: the probes ask while the log is still raw)."""
     seen: dict[int, Pass] = {}
-    for e in events:
-        if e[1] in (ITER_ENTER, NEXT_ENTER) and id(e[2]) not in seen:
-            seen[id(e[2])] = e[2]
+    for _, kind, obj, _ in events:
+        if kind in (ITER_ENTER, NEXT_ENTER) and id(obj) not in seen:
+            seen[id(obj)] = obj
     return list(seen.values())
 
 
 @dataclass
 class Recorder:
-    """Append-only event log plus the clock it is stamped with."""
+    """Append-only event log plus the clock it is stamped with.
+
+    ``events`` holds the probes' plain tuples while the cell runs;
+    :meth:`typed_events` turns them into :class:`Event` records after it."""
 
     clock: Any = time.perf_counter
-    events: list[Event] = field(default_factory=list)
+    events: list[RawEvent] = field(default_factory=list)
     start: float = 0.0
     end: float = 0.0
     cpu_start: float = 0.0  # process CPU time (all threads of this process)
@@ -100,6 +137,13 @@ class Recorder:
         t = self.clock()
         self.events.append((t, kind, obj, info))
         return t
+
+    def typed_events(self) -> list[Event]:
+        """The log as typed records, converted in place once the run is over
+        (converting again is a type check per event)."""
+        typed = as_events(self.events)
+        self.events[:] = typed
+        return typed
 
 
 class MemoryReader:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from epochmagic.capture import recorder as r
 from epochmagic.capture.devicetime import DeviceTime
 from epochmagic.capture.probes import Probes
 from epochmagic.capture.recorder import Recorder
+from epochmagic.model.events import SYNC, Event
 
 
 def to_device_time(rec: Recorder, probes: Probes, dt: DeviceTime, end: float) -> float:
     """Move everything the probes timed onto the device timeline (in place);
-    returns the run's end there. A sync's event also gets the host's wait in it."""
+    returns the run's end there. A sync's record also gets the host's wait
+    (``SyncInfo.wait``), read at its host time."""
     at = dt.at
     rec.events[:] = [
-        (at(t), kind, obj, (*info, dt.wait_before(t)) if kind == r.SYNC else info)
-        for t, kind, obj, info in rec.events
+        Event(
+            at(e.t),
+            e.kind,
+            e.obj,
+            e.info._replace(wait=dt.wait_before(e.t)) if e.kind == SYNC else e.info,
+        )
+        for e in rec.typed_events()
     ]
     rec.start = at(rec.start)
     probes.grad_marks[:] = [(at(t), k) for t, k in probes.grad_marks]

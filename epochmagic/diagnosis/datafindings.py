@@ -11,8 +11,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from epochmagic.analysis.figures import MIN_GAIN, epoch, in_steps, ms
 from epochmagic.analysis.figures import cores as cores_of
+from epochmagic.analysis.figures import epoch, in_steps, ms
 from epochmagic.model.profile import EpochProfile, Finding
 from epochmagic.model.thresholds import threshold as _t
 
@@ -39,7 +39,7 @@ def _worker_setting(prof: EpochProfile) -> tuple[dict[str, Any], float]:
     threads_now = int(prof.config.get("threads") or 1)
     data = prof.phases.get("data", 0.0)
     compute = prof.phases.get("forward", 0.0) + prof.phases.get("backward", 0.0)
-    for workers in range(1, min(cores, 8) + 1):
+    for workers in range(1, min(cores, int(_t("worker_search_max"))) + 1):
         fewer = {1, max(1, cores - workers)}
         # Fewer intra-op threads only where loading dominates: the model does not
         # know how much a multi-threaded forward/backward loses with one thread
@@ -102,7 +102,7 @@ def data_loading(prof: EpochProfile) -> Finding | None:
     if prof.evidence.get("transform"):
         bits.append(f"its transform is {prof.evidence['transform']}")
     suggestion, gain = _worker_setting(prof)
-    if gain < MIN_GAIN:
+    if gain < _t("min_gain"):
         suggestion = {}
         bits.append(
             "more workers are not predicted to help here (loading and compute already share "

@@ -17,6 +17,7 @@ from epochmagic.analysis.timeline import warmup_count
 from epochmagic.diagnosis import datafindings, gpufindings, savings
 from epochmagic.model.profile import EpochProfile, Finding
 from epochmagic.model.thresholds import threshold as t
+from epochmagic.model.vocabulary import FUSABLE
 
 
 def diagnose(prof: EpochProfile) -> list[Finding]:
@@ -34,7 +35,7 @@ def small_batch(prof: EpochProfile) -> Finding | None:
     work = sum(prof.step_times) - in_steps(prof, "data")  # the step without its data wait
     fixed = in_steps(prof, "optimizer") + in_steps(prof, "other") + in_steps(prof, "transfer")
     per_step = work / prof.steps
-    if fixed / max(work, 1e-12) < t("small_batch_overhead") and per_step > 0.005:
+    if fixed / max(work, 1e-12) < t("small_batch_overhead") and per_step > t("small_batch_step_s"):
         return None
     share = work / epoch(prof)
     bigger = min(bs * 8, 256)
@@ -56,7 +57,8 @@ def python_overhead(prof: EpochProfile) -> Finding | None:
     # the typical step's Python: a slow first step is `warmup`'s, a growing
     # one `step_time_growth`'s
     w = warmup_count(prof.step_times)
-    n = max(1, (len(prof.step_times) - w) // 4) if len(prof.step_times) - w >= 12 else None
+    enough = len(prof.step_times) - w >= t("growth_min_steps")
+    n = max(1, (len(prof.step_times) - w) // 4) if enough else None
     first = slice(w, w + n) if n else slice(w, None)  # the first quarter, before any growth
     steady = prof.step_phases[first] or prof.step_phases
     per_step = statistics.median(sp.get("other", 0.0) for sp in steady)
@@ -86,7 +88,7 @@ def python_overhead(prof: EpochProfile) -> Finding | None:
 def step_time_growth(prof: EpochProfile) -> Finding | None:
     times = step_times_without_compile(prof)
     times = times[warmup_count(times) :]
-    if len(times) < 12:
+    if len(times) < t("growth_min_steps"):
         return None
     q = len(times) // 4
     first, last = statistics.median(times[:q]), statistics.median(times[-q:])
@@ -107,7 +109,7 @@ def step_time_growth(prof: EpochProfile) -> Finding | None:
 
 def memory_growth(prof: EpochProfile) -> Finding | None:
     mem = prof.memory.get("per_step_bytes") or []
-    if len(mem) < 8:
+    if len(mem) < t("memory_min_steps"):
         return None
     start, end = mem[len(mem) // 8], mem[-1]
     grew = end - start
@@ -130,9 +132,7 @@ def optimizer_step(prof: EpochProfile) -> Finding | None:
     opts = prof.evidence.get("optimizers") or []
     if share < t("optimizer_share") or not opts:
         return None
-    fusable = [
-        o for o in opts if o["type"] in ("Adam", "AdamW", "SGD", "Adagrad") and not o["fused"]
-    ]
+    fusable = [o for o in opts if o["type"] in FUSABLE and not o["fused"]]
     if not fusable:
         return None
     names = ", ".join(o["type"] for o in fusable)
@@ -174,7 +174,7 @@ def warmup(prof: EpochProfile) -> Finding | None:
     # Warm-up is the leading run of steps slower than the steady steps' own
     # spread: a step inside the noise band, or a late spike, is not warm-up.
     mad = statistics.median(abs(x - med) for x in steady)
-    high = sorted(steady)[int(0.9 * (len(steady) - 1))]
+    high = sorted(steady)[int(t("warmup_quantile") * (len(steady) - 1))]
     band = med + max(t("warmup_noise_mads") * 1.4826 * mad, high - med)
     lead = 0
     while lead < w and times[lead] > band:
@@ -301,10 +301,11 @@ def model_compute(prof: EpochProfile) -> Finding | None:
         compute_s = (in_steps(prof, "forward") + in_steps(prof, "backward")) / prof.steps
         bits.append(f"~{flop(flops)} per step (forward + backward, as counted)")
         gpu = prof.gpu or {}
-        if gpu.get("mfu") is not None:
+        peak_gpu = gpu.get("peak_flops")
+        if gpu.get("mfu") is not None and peak_gpu:  # an MFU always has its peak
             bits.append(
                 f"model FLOP utilisation {gpu['mfu']:.1%}: {flop(gpu['achieved_flops'])}/s over "
-                f"the steady steps against {flop(gpu['peak_flops'])}/s ({gpu['peak_source']})"
+                f"the steady steps against {flop(peak_gpu)}/s ({gpu['peak_source']})"
             )
         elif gpu.get("mfu_note"):
             bits.append(f"no model FLOP utilisation: {gpu['mfu_note']}")

@@ -10,7 +10,6 @@ batch, with the RNG and train/eval flags put back.
 from __future__ import annotations
 
 import bisect
-import random
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -19,11 +18,10 @@ import torch
 
 from epochmagic.capture import environment as envmod
 from epochmagic.capture import loaders
+from epochmagic.capture.rng import preserved_rng
+from epochmagic.model.thresholds import threshold
 
-TOP_LAYERS = 5
-
-
-DATA_SHARE_TO_TIME_LOADING = 0.05  # time the dataset only where data waits matter
+TOP_LAYERS = 5  # the largest layers the evidence lists (a display count)
 
 
 def collect(run: Any, loader: Any, data_share: float) -> dict[str, Any]:
@@ -56,16 +54,15 @@ def collect(run: Any, loader: Any, data_share: float) -> dict[str, Any]:
         ev["module_forward_s"] = _module_times(probes, roots)
         ev["module_backward_s"] = _backward_times(probes, roots)
     if ev["flops_per_step"] and envmod.model_device(roots) == "cpu":  # GPUs: gpu.utilisation
-        state = torch.get_rng_state()
-        ev["peak_flops"] = peak_flops()
-        torch.set_rng_state(state)
+        with preserved_rng():  # the probe's random matrices must not move the user's streams
+            ev["peak_flops"] = peak_flops()
     return ev
 
 
 def _loading(loader: Any, data_share: float) -> dict[str, float] | None:
     """The dataset's own time per sample and the collate time per batch, in
     this process; with workers, also a batch's time inside one worker."""
-    if loader is None or data_share < DATA_SHARE_TO_TIME_LOADING:
+    if loader is None or data_share < threshold("loading_timed_share"):
         return None
     cost = loaders.loading_cost(loader, max_seconds=0.2)
     if cost is not None:  # the worker suggestion is predicted from it
@@ -85,17 +82,17 @@ def _loading(loader: Any, data_share: float) -> dict[str, float] | None:
     return cost
 
 
-_PEAK: dict[str, float] = {}
+_PEAK: dict[str, float] = {}  # only measurements: a failed probe is tried again next time
 
 
 def peak_flops(device: str = "cpu", seconds: float = 0.1) -> float | None:
-    """FLOP/s this device reaches on a large fp32 matmul (a short probe, once
-    per process), the yardstick for the model's achieved FLOP/s."""
+    """FLOP/s ``device`` reaches on a 512x512 fp32 matmul (a short probe, kept
+    once measured), the yardstick for the model's achieved FLOP/s. The device is
+    named by the caller: whether CUDA exists does not change what is probed."""
     import time
 
-    if device in _PEAK:  # only measurements are kept: a failed probe may succeed later
+    if device in _PEAK:
         return _PEAK[device]
-
     n = 512
     try:
         a = torch.randn(n, n, device=device)
@@ -107,10 +104,13 @@ def peak_flops(device: str = "cpu", seconds: float = 0.1) -> float | None:
             runs += 1
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        _PEAK[device] = 2 * n**3 * runs / (time.perf_counter() - t0)
-    except RuntimeError:
+        measured = 2 * n**3 * runs / (time.perf_counter() - t0)
+    except Exception:  # noqa: BLE001 (no such device, out of memory, a lost device: no peak now)
         return None
-    return _PEAK[device]
+    if measured <= 0:
+        return None
+    _PEAK[device] = measured
+    return measured
 
 
 def _layer_names(roots: list[Any]) -> dict[int, str]:
@@ -190,7 +190,7 @@ def _labels(labels: list[Any]) -> dict[str, int] | None:
         for k, v in enumerate(torch.bincount(y.detach().flatten().cpu()).tolist()):
             if v:
                 counts[k] = counts.get(k, 0) + v
-    if len(counts) < 2 or len(counts) > 10_000:
+    if len(counts) < 2 or len(counts) > threshold("label_classes_max"):
         return None
     return {str(k): v for k, v in sorted(counts.items())}
 
@@ -213,43 +213,43 @@ def _flops(first_call: Any) -> tuple[float, float] | None:
     if first_call is None:
         return None
     module, args, kwargs, names = first_call
-    from torch.utils.flop_counter import FlopCounterMode
-
     module = _unwrap(module)
-    state = (random.getstate(), torch.get_rng_state())
-    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     flags = [(m, m.training) for m in module.modules()]
     try:
-        fake_args = [_fake(a) for a in args]
-        fake_kwargs = dict(zip(names, [_fake(v) for v in kwargs]))
-        module.eval()
-        params = [p for p in module.parameters() if p.requires_grad]
-        # the counter's global module hooks make torch warn about compiled submodules
-        with warnings.catch_warnings(), _eager(), torch.enable_grad():
-            warnings.simplefilter("ignore")
-            counter = FlopCounterMode(display=False)
-            with counter:
-                out = module(*fake_args, **fake_kwargs)
-                forward = float(counter.get_total_flops())
-                outputs = _grad_outputs(out, set())
-                del out
-                if outputs and params:
-                    scalar = outputs[0].sum().float()
-                    for t in outputs[1:]:  # outputs may sit on several devices
-                        scalar = scalar + t.sum().float().to(scalar.device)
-                    del outputs
-                    torch.autograd.grad(scalar, params, allow_unused=True)
-                backward = float(counter.get_total_flops()) - forward
-        return forward, backward
+        with preserved_rng():  # random inputs (on the GPU too) must not move the user's streams
+            return _count(module, args, kwargs, names)
     except Exception:  # noqa: BLE001 (an input we cannot fake: no FLOP count, no harm)
         return None
     finally:
         for m, training in flags:
             m.training = training
-        random.setstate(state[0])
-        torch.set_rng_state(state[1])
-        if cuda_state is not None:  # random inputs on the GPU advance its generator
-            torch.cuda.set_rng_state_all(cuda_state)
+
+
+def _count(module: Any, args: Any, kwargs: Any, names: Any) -> tuple[float, float]:
+    """One eval-mode forward and ``autograd.grad`` under the FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fake_args = [_fake(a) for a in args]
+    fake_kwargs = dict(zip(names, [_fake(v) for v in kwargs]))
+    module.eval()
+    params = [p for p in module.parameters() if p.requires_grad]
+    # the counter's global module hooks make torch warn about compiled submodules
+    with warnings.catch_warnings(), _eager(), torch.enable_grad():
+        warnings.simplefilter("ignore")
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = module(*fake_args, **fake_kwargs)
+            forward = float(counter.get_total_flops())
+            outputs = _grad_outputs(out, set())
+            del out
+            if outputs and params:
+                scalar = outputs[0].sum().float()
+                for t in outputs[1:]:  # outputs may sit on several devices
+                    scalar = scalar + t.sum().float().to(scalar.device)
+                del outputs
+                torch.autograd.grad(scalar, params, allow_unused=True)
+            backward = float(counter.get_total_flops()) - forward
+    return forward, backward
 
 
 def _unwrap(module: Any) -> Any:

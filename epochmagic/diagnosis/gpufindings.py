@@ -12,20 +12,23 @@ from typing import Any
 
 from epochmagic.analysis.figures import ms, size
 from epochmagic.analysis.gpu import datasheet
+from epochmagic.model.gpurecord import GpuRecord
 from epochmagic.model.profile import EpochProfile, Finding
 from epochmagic.model.thresholds import threshold as _t
+from epochmagic.model.vocabulary import PHASES
 
-HOST_PHASES = ("transfer", "forward", "backward", "optimizer", "other")
+# the phases in which the host runs the loop itself (not the loader, not evaluation)
+HOST_PHASES = tuple(p for p in PHASES if p not in ("data", "eval"))
 
 
-def _timed(prof: EpochProfile) -> dict[str, Any] | None:
+def _timed(prof: EpochProfile) -> GpuRecord | None:
     gpu = prof.gpu
     if not gpu or gpu.get("device_s_by_phase") is None or not prof.steps:
         return None
     return gpu
 
 
-def _idle(gpu: dict[str, Any]) -> float:
+def _idle(gpu: GpuRecord) -> float:
     """Idle share of the steps, counting as busy the segments the device was
     still working through at their end (``idle_in_steps_share`` counts only
     the time work was known to be queued, so it over-states idleness when the
@@ -76,7 +79,7 @@ def transfer(prof: EpochProfile) -> Finding | None:
     share = seconds / (prof.wall_s or 1.0)
     if share < _t("transfer_share"):
         return None
-    tr = gpu.get("transfer") or {}
+    tr: dict[str, Any] = dict(gpu.get("transfer") or {})  # a loaded profile may lack keys
     per_step = (tr.get("bytes") or 0) / prof.steps
     in_step = sum(sp.get("transfer", 0.0) for sp in prof.step_phases) / prof.steps
     pinned = tr.get("pinned_share") or 0.0
@@ -84,9 +87,9 @@ def transfer(prof: EpochProfile) -> Finding | None:
     rate = f" at {per_step / in_step / 1e9:.1f} GB/s" if in_step > 0 and per_step else ""
     blocking = gpu.get("blocking_copies_per_step") or 0.0
     fixes = []
-    if pinned < 0.99 and not prof.config.get("pin_memory"):
+    if pinned < _t("transfer_flag_share") and not prof.config.get("pin_memory"):
         fixes.append("DataLoader(..., pin_memory=True)")
-    if non_blocking < 0.99:
+    if non_blocking < _t("transfer_flag_share"):
         fixes.append("xb = xb.to(device, non_blocking=True)")
     if not fixes:
         fixes.append(

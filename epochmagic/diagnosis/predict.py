@@ -16,12 +16,30 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from epochmagic.analysis.timeline import warmup_count
 from epochmagic.model.profile import EpochProfile
+from epochmagic.model.thresholds import threshold
 
-WORKER_START_S = 0.05  # per worker and epoch when the baseline had none to measure
+
+class Measured(NamedTuple):
+    """What a later prediction needs from a what-if that ran: a session keeps
+    these instead of the profiles (which hold timelines and the user's cell)."""
+
+    batch_size: int | None
+    precision: str | None
+    compute_s: float  # the steady step less its data wait and transfer
+
+
+def measured(prof: EpochProfile) -> Measured | None:
+    """The record of a run that finished, None for one that failed or ran
+    fewer than 3 steps (too few for a steady step time)."""
+    if prof.status != "ok" or prof.steps < 3:
+        return None
+    compute = max(0.0, _step(prof) - _steady(prof, "data") - _steady(prof, "transfer"))
+    return Measured(prof.config.get("batch_size"), prof.config.get("precision"), compute)
 
 
 def _steady(prof: EpochProfile, phase: str) -> float:
@@ -38,14 +56,17 @@ def _step(prof: EpochProfile) -> float:
 def epoch(
     base: EpochProfile,
     s: dict[str, Any],
-    history: list[EpochProfile],
+    history: Sequence[Measured | None],
     loading: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """``{"epoch_s", "samples_per_s", "model"}`` for setting ``s``."""
+    """``{"epoch_s", "samples_per_s", "model"}`` for setting ``s``. ``history``
+    holds what the session's earlier what-ifs measured (:func:`measured`; its
+    None entries, runs that did not finish, are skipped)."""
     T = _step(base)
     if not T or not base.steps:
         return {"epoch_s": None, "samples_per_s": None, "model": "none: no steps measured"}
     cfg = base.config
+    runs = [m for m in history if m is not None]
     D, X = _steady(base, "data"), _steady(base, "transfer")
     C = max(0.0, T - D - X)
     B0, B1 = cfg.get("batch_size"), s.get("batch_size")
@@ -54,39 +75,20 @@ def epoch(
     cores = int(base.environment.get("cpu_count") or 1)
     N0 = base.steps_per_epoch or base.steps
     models = []
-
-    # loading cost of one batch at the baseline's batch size
-    if W0 == 0:
-        L = D
-    elif loading and "per_batch_s" in loading:
-        L = loading["per_batch_s"]
-    else:
-        L = D * max(1, W0)
-    # what one worker process really takes per batch (IPC, fork, shared cores)
-    Lw = loading["worker_batch_s"] if loading and "worker_batch_s" in loading else L
+    L, Lw = _load_times(D, W0, loading)
     ratio = (B1 / B0) if B0 and B1 else 1.0
     N1 = math.ceil(N0 / ratio) if ratio != 1.0 else N0
     C1 = C
     if ratio != 1.0:
-        fixed, per_sample = _batch_fit(base, history, C)
+        fixed, per_sample = _batch_fit(base, runs, C)
         C1 = fixed + per_sample * float(B1 or 0)
-        models.append(
-            "batch: fixed + per-sample cost"
-            + (
-                " (fitted)"
-                if len({p.config.get("batch_size") for p in _ok(history)} | {B0}) > 1
-                else ""
-            )
-        )
+        fitted = len({m.batch_size for m in runs} | {B0}) > 1
+        models.append("batch: fixed + per-sample cost" + (" (fitted)" if fitted else ""))
     L1, X1 = L * ratio, X * ratio
     step = _pipeline(L1, Lw * ratio, C1, X1, W1, t0, t1, cores, base)
     if W1 != W0 or t1 != t0:
         models.append("pipeline: max(L/(W*share), C/share) + transfer, share = cores/busy threads")
-    startup = 0.0
-    if W1 > 0 and W0 == 0:
-        startup = WORKER_START_S * W1
-    elif W1 > 0 and base.step_phases:
-        startup = max(0.0, base.step_phases[0].get("data", 0.0) - D) * (W1 / max(1, W0))
+    startup = _startup(base, D, W0, W1)
     if s.get("precision") != (cfg.get("precision") or "fp32") or (
         s.get("fused") and not cfg.get("fused")
     ):
@@ -99,6 +101,29 @@ def epoch(
         "model": "; ".join(models) or "unchanged",
         "peak_bytes": peak_bytes(base, s),
     }
+
+
+def _load_times(D: float, W0: int, loading: dict[str, float] | None) -> tuple[float, float]:
+    """(L, Lw): the loading cost of one batch at the baseline's batch size, and
+    what one worker process really takes per batch (IPC, fork, shared cores)."""
+    if W0 == 0:
+        L = D
+    elif loading and "per_batch_s" in loading:
+        L = loading["per_batch_s"]
+    else:
+        L = D * max(1, W0)
+    Lw = loading["worker_batch_s"] if loading and "worker_batch_s" in loading else L
+    return L, Lw
+
+
+def _startup(base: EpochProfile, D: float, W0: int, W1: int) -> float:
+    """Worker start-up in the new epoch: the baseline's first-batch excess,
+    scaled by the workers, or a per-worker default when it had none."""
+    if W1 > 0 and W0 == 0:
+        return threshold("worker_start_s") * W1
+    if W1 > 0 and base.step_phases:
+        return max(0.0, base.step_phases[0].get("data", 0.0) - D) * (W1 / max(1, W0))
+    return 0.0
 
 
 def peak_bytes(base: EpochProfile, s: dict[str, Any]) -> int | None:
@@ -154,20 +179,15 @@ def _pipeline(
     return step
 
 
-def _ok(history: list[EpochProfile]) -> list[EpochProfile]:
-    return [p for p in history if p.status == "ok" and p.steps >= 3]
-
-
-def _batch_fit(base: EpochProfile, history: list[EpochProfile], C: float) -> tuple[float, float]:
+def _batch_fit(base: EpochProfile, runs: list[Measured], C: float) -> tuple[float, float]:
     """(fixed seconds, seconds per sample) of the non-data part of a step."""
     points = {}
     B0 = base.config.get("batch_size")
     if B0:
         points[B0] = C
-    for p in _ok(history):
-        b = p.config.get("batch_size")
-        if b and p.config.get("precision") == base.config.get("precision"):
-            points[b] = max(0.0, _step(p) - _steady(p, "data") - _steady(p, "transfer"))
+    for m in runs:
+        if m.batch_size and m.precision == base.config.get("precision"):
+            points[m.batch_size] = m.compute_s
     if len(points) >= 2:
         xs, ys = list(points), list(points.values())
         mx, my = statistics.mean(xs), statistics.mean(ys)

@@ -19,14 +19,11 @@ from typing import Any
 
 from epochmagic.analysis.figures import epoch
 from epochmagic.model.profile import EpochProfile, Finding
+from epochmagic.model.thresholds import threshold as t
 
 INFORMATIVE = ("model_compute", "imbalance")
-
-# measured speed-ups of a kind of fix, where no what-if predicts it
-FUSED_STEP = 0.56 / 3.1  # a CPU AdamW step, fused vs per-parameter (ms)
-BF16_CPU = 1.7  # bf16 autocast on a 512-wide MLP step, on an avx512_bf16 CPU
-BF16_GPU = 2.0  # half of the 2.98x an H200 measured for bf16 on a 4096-wide MLP
-PINNED = 9.0  # pinned vs pageable host-to-device copies on an H200 (45.6 vs 5.0 GB/s)
+# the measured speed-ups of a kind of fix (where no what-if predicts it) are in
+# epochmagic/model/thresholds.py with where each was measured
 
 
 def predicted(prof: EpochProfile, f: Finding) -> float | None:
@@ -102,16 +99,17 @@ def _all_of_it(prof: EpochProfile, f: Finding) -> float:
 
 
 def _optimizer(prof: EpochProfile, f: Finding) -> float:
-    return f.share * (1.0 - FUSED_STEP)
+    return f.share * (1.0 - t("fused_step_ratio"))
 
 
 def _precision(prof: EpochProfile, f: Finding) -> float:
-    speedup = BF16_GPU if str(prof.config.get("device", "cpu")).startswith("cuda") else BF16_CPU
+    on_gpu = str(prof.config.get("device", "cpu")).startswith("cuda")
+    speedup = t("bf16_gpu_speedup") if on_gpu else t("bf16_cpu_speedup")
     return f.share * (1.0 - 1.0 / speedup)
 
 
 def _transfer(prof: EpochProfile, f: Finding) -> float | None:
-    return f.share * (1.0 - 1.0 / PINNED) if f.suggestion.get("pin_memory") else None
+    return f.share * (1.0 - 1.0 / t("pinned_speedup")) if f.suggestion.get("pin_memory") else None
 
 
 def _compile(prof: EpochProfile, f: Finding) -> float | None:

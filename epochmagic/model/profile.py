@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from epochmagic.model import registry
+from epochmagic.model.gpurecord import GpuRecord
 from epochmagic.model.vocabulary import PHASES, SETTINGS
 
 SCHEMA_VERSION = 3  # 2: `compile`; 3: `Finding.saving`, `saving_source`
@@ -23,7 +24,7 @@ NOT_SAVED = ("session", "rendered")
 
 class SessionHandle(Protocol):
     """What a live profile asks of the session that ran its cell: only
-    ``rerun`` and ``sweep`` use it (``whatif.whatif.RunContext`` is one)."""
+    ``rerun`` and ``sweep`` use it (``session.session.Session`` is one)."""
 
     def rerun(self, base: EpochProfile, steps: int | None, **changes: Any) -> EpochProfile: ...
 
@@ -74,7 +75,7 @@ class EpochProfile:
     phases: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     outside_steps_s: float = 0.0
     memory: dict[str, Any] = field(default_factory=dict)
-    gpu: dict[str, Any] | None = None
+    gpu: GpuRecord | None = None  # a plain dict with its keys once loaded from JSON
     step_times: list[float] = field(default_factory=list)
     step_phases: list[dict[str, float]] = field(default_factory=list)
     throughput_unit: str = "samples"
@@ -170,14 +171,17 @@ class EpochProfile:
         raise ValueError(f"cannot export to {name!r}: use a .json, .trace.json or .html file name")
 
     # -- what-ifs --------------------------------------------------------------
-    def rerun(self, steps: int | None = None, **changes: Any) -> EpochProfile:
+    def rerun(self, *args: Any, **changes: Any) -> EpochProfile:
         """Measure the same cell under another setting (``None`` keeps this
         profile's value); models, optimizers, RNGs and loaders are restored
         afterwards. ``steps`` defaults to 30 (or the epoch, if shorter) and the
         result's ``epoch_s`` extrapolates to the full epoch. The keywords are
         ``epochmagic.model.vocabulary.SETTINGS``:
         """
-        return self._live().rerun(self, steps, **changes)
+        bound = _RERUN.bind(self, *args, **changes).arguments
+        bound.pop("self")
+        steps = bound.pop("steps", None)
+        return self._live().rerun(self, steps, **bound)
 
     def sweep(self, steps: int | None = None, **grid: Any) -> list[EpochProfile]:
         """Run a grid of what-ifs (lists for any ``rerun`` keyword), e.g.
@@ -247,24 +251,33 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _generated_from_settings() -> None:
-    """``rerun(steps=None, batch_size=None, ...)``: its keywords and their
-    documentation come from ``SETTINGS``."""
-    kw = inspect.Parameter.KEYWORD_ONLY
-    params = [
-        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter("steps", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
-        *(
-            inspect.Parameter(s.name, kw, default=None, annotation=f"{s.kind.__name__} | None")
-            for s in SETTINGS
-        ),
-    ]
-    rerun = EpochProfile.rerun
-    signature = inspect.Signature(params, return_annotation="EpochProfile")
-    setattr(rerun, "__signature__", signature)  # noqa: B010 (mypy: functions declare no __signature__)
-    rerun.__doc__ = (rerun.__doc__ or "") + "".join(
-        f"\n        ``{s.name}``: {s.doc}" for s in SETTINGS
+def _rerun_signature() -> inspect.Signature:
+    """``rerun(batch_size=None, workers=None, precision=None, steps=None, ...)``:
+    the settings in their order, ``steps`` after the magic's own three (the
+    order the keywords always had, so positional calls keep their meaning)."""
+    names = [s.name for s in SETTINGS]
+    cut = sum(1 for s in SETTINGS if s.magic_option)
+    kinds = {s.name: s.kind.__name__ for s in SETTINGS}
+    p = inspect.Parameter
+    return inspect.Signature(
+        [
+            p("self", p.POSITIONAL_OR_KEYWORD),
+            *(
+                p(
+                    n,
+                    p.POSITIONAL_OR_KEYWORD,
+                    default=None,
+                    annotation=f"{kinds.get(n, 'int')} | None",
+                )
+                for n in [*names[:cut], "steps", *names[cut:]]
+            ),
+        ],
+        return_annotation="EpochProfile",
     )
 
 
-_generated_from_settings()
+_RERUN = _rerun_signature()
+EpochProfile.rerun.__dict__["__signature__"] = _RERUN  # what inspect.signature and help() show
+EpochProfile.rerun.__doc__ = (EpochProfile.rerun.__doc__ or "") + "".join(
+    f"\n        ``{s.name}``: {s.doc}" for s in SETTINGS
+)

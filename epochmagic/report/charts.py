@@ -4,12 +4,14 @@ import and first figure cost ~0.65 s, paid only when a chart is drawn)."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from epochmagic.model.vocabulary import PHASES
 
 if TYPE_CHECKING:
     from epochmagic.model.profile import EpochProfile
 
-PHASES = ("data", "transfer", "forward", "backward", "optimizer", "eval", "other")
 COLORS = {
     "data": "#e4572e",
     "transfer": "#f3a712",
@@ -38,15 +40,16 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _cached(draw: Any) -> Any:
-    """One PNG per profile and chart: the HTML report, the PNG fallback and
-    the dashboard all show the same breakdown."""
+def _cached(draw: Callable[[EpochProfile], bytes]) -> Callable[[EpochProfile], bytes]:
+    """One PNG per profile and chart, kept in ``prof.rendered`` (never saved):
+    the HTML report, the PNG fallback and the dashboard all show the same
+    breakdown."""
 
     def wrapper(prof: EpochProfile) -> bytes:
         cache = prof.rendered
         if draw.__name__ not in cache:
             cache[draw.__name__] = draw(prof)
-        return cache[draw.__name__]  # type: ignore[no-any-return]
+        return cache[draw.__name__]
 
     wrapper.__name__ = draw.__name__
     wrapper.__doc__ = draw.__doc__

@@ -7,15 +7,9 @@ import base64
 import html
 from typing import TYPE_CHECKING
 
+from epochmagic.model.vocabulary import PHASES
 from epochmagic.report import charts
-from epochmagic.report.textreport import (
-    PHASE_ORDER,
-    at_stake,
-    gpu_summary,
-    header,
-    verdict,
-    why_first,
-)
+from epochmagic.report.textreport import at_stake, gpu_summary, header, verdict, why_first
 
 if TYPE_CHECKING:
     from epochmagic.model.profile import EpochProfile
@@ -39,7 +33,7 @@ def phase_table(prof: EpochProfile) -> str:
     total = prof.wall_s or 1.0
     busy = (prof.gpu or {}).get("device_s_by_phase")
     rows = []
-    for name in PHASE_ORDER:
+    for name in PHASES:
         v = prof.phases.get(name, 0.0)
         in_steps = sum(sp.get(name, 0.0) for sp in prof.step_phases)
         per = f"{in_steps / prof.steps * 1000:.2f}" if prof.steps else "-"

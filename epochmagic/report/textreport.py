@@ -6,11 +6,14 @@ import os
 import textwrap
 from typing import TYPE_CHECKING
 
+from epochmagic.model.thresholds import threshold
+from epochmagic.model.vocabulary import PHASES
+
 if TYPE_CHECKING:
     from epochmagic.model.profile import EpochProfile, Finding
 
-PHASE_ORDER = ("data", "transfer", "forward", "backward", "optimizer", "eval", "other")
-HOT_LINES = 8
+PHASE_ORDER = PHASES  # the name htmlreport imports (to be switched to PHASES)
+HOT_LINES = 8  # hot lines the report lists (a display count)
 
 
 def seconds(s: float | None) -> str:
@@ -39,10 +42,10 @@ def bottleneck(prof: EpochProfile) -> tuple[str, str] | None:
         "eval": p["eval"] / total,
         "other": p["other"] / total,
     }
-    if shares["data"] >= 0.2:
+    if shares["data"] >= threshold("data_bound"):
         return "data", f"input-bound: {shares['data']:.0%} of the epoch waits for data"
     compiling = float((prof.compile or {}).get("compile_s") or 0.0) / total
-    if compiling >= 0.5:  # the first epoch of a compiled model: later ones do not pay it
+    if compiling >= threshold("compile_bound"):  # later epochs do not pay it
         return "compile", (
             f"compile-bound: {compiling:.0%} of the epoch is torch.compile compiling "
             "(--skip-epochs 1 measures the next epoch)"
@@ -156,8 +159,9 @@ def gpu_summary(prof: EpochProfile) -> str | None:
     tf32 = g.get("tf32") or {}
     if tf32:
         bits.append(f"TF32 matmul {'on' if tf32.get('matmul') else 'off'}")
-    if g.get("mfu") is not None:
-        bits.append(f"MFU {g['mfu']:.0%} of {g['peak_flops'] / 1e12:,.0f} TFLOP/s")
+    peak = g.get("peak_flops")
+    if g.get("mfu") is not None and peak:  # an MFU always has its peak
+        bits.append(f"MFU {g['mfu']:.0%} of {peak / 1e12:,.0f} TFLOP/s")
     return " | ".join(bits)
 
 
@@ -167,7 +171,7 @@ def phase_table(prof: EpochProfile) -> list[str]:
     rows = [
         f"  {'phase':<10}{'seconds':>10}{'%':>8}{'ms/step':>10}" + ("  GPU busy s" if busy else "")
     ]
-    for name in PHASE_ORDER:
+    for name in PHASES:
         v = prof.phases.get(name, 0.0)
         in_steps = sum(sp.get(name, 0.0) for sp in prof.step_phases)
         per = f"{in_steps / prof.steps * 1000:10.2f}" if prof.steps else f"{'-':>10}"

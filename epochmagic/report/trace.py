@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from epochmagic.model.vocabulary import PHASES
+
 if TYPE_CHECKING:
     from epochmagic.model.profile import EpochProfile
 
-ORDER = ("data", "transfer", "forward", "backward", "optimizer", "eval", "other")
 US = 1e6
 
 
@@ -42,7 +43,7 @@ def chrome_trace(prof: EpochProfile) -> dict[str, Any]:
     for i, (start, dur, phases) in enumerate(zip(starts, prof.step_times, prof.step_phases)):
         events.append(_slice(f"step {i + 1}", "step", 1, start, dur))
         t = start
-        for name in ORDER:
+        for name in PHASES:
             d = phases.get(name, 0.0)
             if d > 0:
                 events.append(_slice(name, "phase", 2, t, d, step=i + 1))

@@ -2,23 +2,24 @@
 
 Line tracing slows every Python frame on 3.11 (+18 % to 2.6x measured), so the
 measured epoch is never traced. Instead the cell runs again for a few steps
-under line_profiler, with its output captured and everything a re-run can
-change snapshotted before and restored after (:mod:`epochmagic.session.snapshot`).
+under line_profiler (``Session.run("trace")``: its output captured and
+everything a re-run can change snapshotted before and restored after).
 """
 
 from __future__ import annotations
 
 import linecache
 import types
+from dataclasses import replace
 from typing import Any
 
 from line_profiler import LineProfiler
 
-from epochmagic.capture import loaders
-from epochmagic.model.cell import Cell
+from epochmagic.capture.patching import Patches
 from epochmagic.model.profile import EpochProfile, LineStat
-from epochmagic.session.session import run_cell
-from epochmagic.session.snapshot import Snapshot, rebound_names, unrestorable
+from epochmagic.session.execute import Limits
+from epochmagic.session.session import Session, Variant
+from epochmagic.session.snapshot import unrestorable
 
 MIN_STEPS, MAX_STEPS = 3, 20
 SHARE = 0.10  # of the epoch's time the traced run may take
@@ -35,57 +36,31 @@ def traced_steps(prof: EpochProfile) -> int:
     return max(1, min(prof.steps, max(MIN_STEPS, min(MAX_STEPS, n))))
 
 
-def attribute_lines(
-    prof: EpochProfile, cell: Cell, shell: Any, run_probes: Any, hooks: dict[str, Any] | None = None
-) -> None:
-    """Fill ``prof.lines`` / ``prof.lines_steps`` (or add a note saying why not)."""
-    user_ns = shell.user_ns
-    blocker = unrestorable(user_ns)
+def attribute_lines(prof: EpochProfile, session: Session, variant: Variant | None = None) -> None:
+    """Fill ``prof.lines`` / ``prof.lines_steps`` (or add a note saying why not).
+    ``variant``: the measured run's own setting, which the traced run keeps."""
+    __tracebackhide__ = True  # noqa: F841
+    blocker = unrestorable(session.user_ns)
     if blocker:
         prof.notes.append(
             f"no line attribution: re-running this cell would advance {blocker}'s progress, "
             "which a snapshot cannot roll back (--no-lines hides this note)"
         )
         return
-    steps = traced_steps(prof)
-    time_limit = max(1.0, 2 * SHARE * prof.wall_s)
+    limits = Limits(steps=traced_steps(prof), seconds=max(1.0, 2 * SHARE * prof.wall_s))
     lp = LineProfiler()
-    swapped = _register_notebook_functions(lp, shell)
-    code = _register_code(lp, cell.code)
-    traced_cell = Cell(cell.source, code, cell.filename, cell.tree, cell.label)
-    snap = Snapshot.take(
-        user_ns,
-        rebound_names(cell.tree),
-        modules=list(run_probes.roots.values()),
-        optimizers=list(run_probes.optimizers.values()),
-        loaders=[p.loader for p in run_probes.iter_passes() if p.loader is not None],
-    )
-    result = None
     try:
-        result = run_cell(
-            traced_cell,
-            user_ns,
-            max_steps=steps,
-            max_seconds=time_limit,
-            loader_name=run_probes.loader_name,
-            capture=True,
-            tracer=lp,
-        )
-    finally:
-        for fn, original in swapped:
-            fn.__code__ = original
-        snap.restore()
-        if result is not None:
-            # worker processes the traced run started must not outlive it
-            held = [getattr(v, "_iterator", None) for v in user_ns.values()]
-            loaders.shut_down(result.iterators, keep=held)
+        with Patches() as patches:  # the notebook functions' own code is back after the run
+            _register_notebook_functions(lp, session.shell, patches)
+            traced = replace(session.cell, code=_register_code(lp, session.cell.code))
+            result = session.run("trace", limits, variant, tracer=lp, cell=traced)
+    except KeyboardInterrupt:
+        prof.notes.append("line attribution interrupted: no hot lines")
+        raise
     if result.status != "ok":
-        what = "interrupted" if result.status == "interrupted" else f"failed ({result.exc!r})"
-        prof.notes.append(f"line attribution {what}: no hot lines")
-        if result.status == "interrupted":
-            raise KeyboardInterrupt
+        prof.notes.append(f"line attribution failed ({result.exc!r}): no hot lines")
         return
-    prof.lines = _line_stats(lp, shell)
+    prof.lines = _line_stats(lp, session.shell)
     prof.lines_steps = len(result.timeline.step_bounds)
 
 
@@ -98,7 +73,8 @@ def _register_code(lp: LineProfiler, code: types.CodeType) -> types.CodeType:
     code = code.replace(co_consts=consts)
     holder = types.SimpleNamespace(__code__=code)
     lp.add_function(holder)
-    return holder.__code__  # type: ignore[no-any-return]
+    padded: types.CodeType = holder.__code__
+    return padded
 
 
 def _is_notebook_file(shell: Any, filename: str) -> bool:
@@ -133,22 +109,16 @@ def _notebook_functions(shell: Any) -> list[types.FunctionType]:
     return list(found.values())
 
 
-def _register_notebook_functions(
-    lp: LineProfiler, shell: Any
-) -> list[tuple[types.FunctionType, types.CodeType]]:
-    """Swap in line_profiler's padded code for notebook-defined functions; the
-    caller swaps the originals back."""
-    swapped = []
+def _register_notebook_functions(lp: LineProfiler, shell: Any, patches: Patches) -> None:
+    """Swap in line_profiler's padded code for notebook-defined functions
+    until ``patches`` closes."""
     for fn in _notebook_functions(shell):
-        original = fn.__code__
-        holder = types.SimpleNamespace(__code__=original)
+        holder = types.SimpleNamespace(__code__=fn.__code__)
         lp.add_function(holder)
         try:
-            fn.__code__ = holder.__code__
+            patches.swap(fn, "__code__", holder.__code__)
         except ValueError:  # closure mismatch: leave this one untraced
             continue
-        swapped.append((fn, original))
-    return swapped
 
 
 def _line_stats(lp: LineProfiler, shell: Any) -> list[LineStat]:

@@ -1,30 +1,37 @@
-"""Run a cell once with the probes on, stop it after the first epoch, and turn
-what was recorded into an ``EpochProfile``.
+"""The session: the user's cell compiled once and every run of it.
 
 The cell is compiled under a file name registered in IPython's compile cache,
 so a traceback from the cell shows the user's own line (``Cell In[5], line
-4``), not ``<timed exec>``.
+4``), not ``<timed exec>``. ``Session.run`` is the one way the cell runs: the
+magic's measured run (``measure``: the user's training, its effects stay), the
+short traced run of line attribution (``trace``) and a what-if (``whatif``),
+the last two with everything snapshotted before and restored after.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import difflib
+import gc
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import torch
 from IPython.core.error import UsageError
 
 from epochmagic.analysis.run import RunResult
-from epochmagic.analysis.timeline import analyse
-from epochmagic.capture import cudaclock
-from epochmagic.capture.probes import Probes, StopCell
-from epochmagic.capture.recorder import Recorder
-from epochmagic.capture.retime import to_device_time
+from epochmagic.capture import loaders as loadersmod
+from epochmagic.capture.patching import Patches
+from epochmagic.diagnosis import predict
 from epochmagic.model.cell import Cell
+from epochmagic.model.profile import EpochProfile
+from epochmagic.session.compilecopies import CompiledCopies
+from epochmagic.session.execute import Hooks, Limits, execute
+from epochmagic.session.snapshot import Snapshot, rebound_names
+
+Mode = Literal["measure", "trace", "whatif"]
 
 
 def compile_cell(shell: Any, source: str, magic_line: str | None = None) -> Cell:
@@ -122,133 +129,199 @@ def _has_top_level_await(tree: ast.AST) -> bool:
     return walk(tree)
 
 
-def run_cell(
-    cell: Cell,
-    user_ns: dict[str, Any],
-    *,
-    max_steps: int | None = None,
-    max_seconds: float | None = None,
-    loader_name: str | None = None,
-    capture: bool = False,
-    tracer: Any = None,
-    substitute: Any = None,
-    autocast: Any = None,
-    on_step: Any = None,
-    time_modules: bool = False,
-    skip_epochs: int = 0,
-) -> RunResult:
-    """Execute the cell once under the probes; never lets a probe outlive it."""
-    __tracebackhide__ = True  # noqa: F841  (IPython hides this frame in tracebacks)
-    clock = cudaclock.make_clock()
-    rec = Recorder(clock=clock.now) if clock is not None else Recorder()
+class WhatIfs(Protocol):
+    """The what-if layer's entry points (``epochmagic/whatif/whatif.py``): the
+    magic hands them to the Session, as this layer cannot import that one."""
 
-    def measure() -> None:
-        """Start the clocks: at the cell's start, or after --skip-epochs."""
-        if clock is not None:
-            clock.begin()
-        rec.begin()
+    def rerun(
+        self,
+        session: Session,
+        base: EpochProfile,
+        steps: int | None,
+        progress: Any,
+        changes: dict[str, Any],
+    ) -> EpochProfile: ...
 
-    probes = Probes(
-        rec,
-        max_steps=max_steps,
-        max_seconds=max_seconds,
-        loader_name=loader_name,
-        user_ns=user_ns,
-        substitute=substitute,
-        autocast=autocast,
-        on_step=on_step,
-        time_modules=time_modules,
-        device=clock,
-        skip_epochs=skip_epochs,
-        on_measure=measure,
-    )
-    status, reason = "ok", "end"
-    exc: BaseException | None = None
-    output = None
-    with _captured() if capture else contextlib.nullcontext() as cap:
-        with probes:
-            if skip_epochs:
-                rec.begin()  # host time only: the device clock starts with the measured epoch
-            else:
-                measure()
-            try:
-                if tracer is not None:
-                    with tracer:
-                        exec(cell.code, user_ns)
-                else:
-                    exec(cell.code, user_ns)
-            except StopCell as stop:
-                reason = stop.reason
-                stop.__traceback__ = None
-            except KeyboardInterrupt as e:
-                status, reason, exc = "interrupted", "interrupted", e
-            except torch.OutOfMemoryError as e:
-                status, reason, exc = "oom", "error", e
-            except BaseException as e:  # noqa: BLE001 (the user's error, re-raised by the magic)
-                status, reason, exc = "error", "error", e
-                if _is_cpu_oom(e):
-                    status = "oom"
-            finally:
-                rec.finish()
-                device_time = clock.finish() if clock is not None else None
-            iterators = [p.iterator for p in probes.passes.values() if p.iterator is not None]
-            compiled = probes.compile_watch.result()
-            intervals = list(probes.compile_watch.intervals)
-    if reason == "end" and probes.stopped is not None:
-        # code the cell called caught StopCell and returned normally (Ignite's
-        # EXCEPTION_RAISED handlers, a bare ``except:``): the stop still happened
-        reason = probes.stopped.reason
-    if cap is not None:
-        output = cap.stdout + cap.stderr
-    end = probes.stop_time if probes.stop_time is not None else rec.end
-    if device_time is not None:
-        end = to_device_time(rec, probes, device_time, end)
-        intervals = [(device_time.at(a), device_time.at(b)) for a, b in intervals]
-    timeline = analyse(
-        rec.events,
-        rec.start,
-        end,
-        trained_param_ids=probes.trained_param_ids(),
-        clock_opt=probes.clock_opt,
-        busy=device_time.busy if device_time is not None else None,
-        busy_estimate=device_time.busy_estimate if device_time is not None else None,
-    )
-    if exc is not None:
-        exc = _from_cell(exc, cell.filename)
-    return RunResult(
-        status,
-        reason,
-        exc,
-        timeline,
-        probes,
-        output,
-        iterators,
-        rec.cpu_end - rec.cpu_start,
-        clock,
-        compiled,
-        intervals,
-    )
+    def sweep(
+        self, session: Session, base: EpochProfile, steps: int | None, grid: dict[str, Any]
+    ) -> list[EpochProfile]: ...
 
 
-@contextlib.contextmanager
-def _captured() -> Iterator[Any]:
-    from IPython.utils.capture import capture_output
+@dataclass(eq=False)
+class Variant:
+    """How a run differs from the cell as written (the magic's own setting,
+    a what-if's): names bound to ``original`` see ``rebuilt[0]`` during the
+    run, the probes hand out ``substitute``'s loader for a training loader and
+    wrap root forwards in ``autocast``; ``install`` adds a what-if's own
+    patches (fused optimizers, the thread count). ``compiled``: the cell ran
+    compiled code, so a what-if runs on copies of it; a what-if run sets
+    ``switched`` to the number of functions it switched to those copies."""
 
-    with capture_output() as cap:
-        yield cap
+    original: Any = None
+    rebuilt: list[Any] = field(default_factory=list)
+    substitute: Callable[[Any], Any] | None = None
+    autocast: Callable[[], Any] | None = None
+    install: Callable[[Patches], None] | None = None
+    compiled: bool = False
+    switched: int = 0
 
 
-def _is_cpu_oom(e: BaseException) -> bool:
-    return isinstance(e, (MemoryError, RuntimeError)) and (
-        isinstance(e, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(e)
-    )
+@dataclass(eq=False)
+class Session:
+    """A profile's live link to its notebook: the shell, the compiled cell and
+    what the measured run found (the user's training loader, models,
+    optimizers, loaders). Every run of the cell goes through :meth:`run`.
+    ``rerun`` / ``sweep`` make it the ``SessionHandle`` a live profile holds;
+    it keeps no profiles: ``history`` holds what each what-if measured, for
+    the predictions of later ones (``loading``: per-batch loading costs)."""
+
+    shell: Any
+    cell: Cell
+    loader_name: str | None = None  # --loader: the training loader's name
+    whatifs: WhatIfs | None = None
+    train_loader: Any = None  # the user's training DataLoader, never modified
+    modules: list[Any] = field(default_factory=list)
+    optimizers: list[Any] = field(default_factory=list)
+    loaders: list[Any] = field(default_factory=list)
+    history: list[predict.Measured] = field(default_factory=list)
+    loading: dict[str, float] | None = None
+    copies: CompiledCopies = field(default_factory=CompiledCopies)  # compiled code for what-ifs
+
+    def __repr__(self) -> str:
+        return f"<Session of {self.cell.label}>"
+
+    @property
+    def user_ns(self) -> dict[str, Any]:
+        ns: dict[str, Any] = self.shell.user_ns
+        return ns
+
+    # -- the SessionHandle a live profile holds (epochmagic/model/profile.py) --
+    def rerun(
+        self, base: EpochProfile, steps: int | None, *, _progress: Any = None, **changes: Any
+    ) -> EpochProfile:
+        """One what-if; what it measured is kept for later predictions.
+        ``_progress``: a tqdm-like bar to drive, False for none."""
+        result = self._whatifs().rerun(self, base, steps, _progress, changes)
+        record = predict.measured(result)
+        if record is not None:
+            self.history.append(record)
+        return result
+
+    def sweep(self, base: EpochProfile, steps: int | None, **grid: Any) -> list[EpochProfile]:
+        return self._whatifs().sweep(self, base, steps, grid)
+
+    def _whatifs(self) -> WhatIfs:
+        if self.whatifs is None:
+            raise RuntimeError("this session runs no what-ifs")
+        return self.whatifs
+
+    # -- running the cell ------------------------------------------------------
+    def run(
+        self,
+        mode: Mode,
+        limits: Limits | None = None,
+        variant: Variant | None = None,
+        *,
+        on_step: Callable[[int], None] | None = None,
+        tracer: Any = None,
+        cell: Cell | None = None,
+    ) -> RunResult:
+        """Run the cell once under the probes. ``measure``: the user's
+        training; what it changes stays and the Session learns the loader,
+        models and optimizers from it. ``trace`` (under ``tracer``, running
+        ``cell``: the traced copy) and ``whatif``: output captured and
+        everything put back afterwards; an interrupt is re-raised once it is.
+        Every mode puts back what ``variant`` changed and frees memory after
+        an out-of-memory; the user's error stays in the result."""
+        __tracebackhide__ = True  # noqa: F841  (IPython hides this frame in tracebacks)
+        v = variant if variant is not None else Variant()
+        restored = mode != "measure"
+        snap = self._snapshot(v) if restored else None
+        hooks = Hooks(v.substitute, v.autocast, on_step, tracer, capture=restored)
+        result: RunResult | None = None
+        try:
+            with Patches() as patches:
+                self._install(mode, v, patches)
+                result = execute(
+                    cell or self.cell, self.user_ns, self.loader_name, limits or Limits(), hooks
+                )
+        finally:
+            self._clean_up(mode, v, snap, result)
+        assert result is not None  # execute returned: an exception would have left above
+        if mode == "measure":
+            self._adopt(result, v)
+        elif result.status == "interrupted":
+            raise result.exc or KeyboardInterrupt()
+        return result
+
+    def _snapshot(self, v: Variant) -> Snapshot:
+        """Everything a restored run may change: the names the cell binds and
+        those of the training loader and the optimizers, the models,
+        optimizers, RNGs and loaders' generators."""
+        ns = self.user_ns
+        held = [o for o in (self.train_loader, v.original, *self.optimizers) if o is not None]
+        names = {n for n, value in ns.items() if any(value is o for o in held)}
+        return Snapshot.take(
+            ns,
+            rebound_names(self.cell.tree) | names,
+            modules=self.modules,
+            optimizers=self.optimizers,
+            loaders=[*self.loaders, *v.rebuilt],
+        )
+
+    def _install(self, mode: Mode, v: Variant, patches: Patches) -> None:
+        """Apply ``v`` for the run; ``patches`` undoes it when the run ends."""
+        ns = self.user_ns
+        if v.original is not None and v.rebuilt:
+            for name in [n for n, value in ns.items() if value is v.original]:
+                ns[name] = v.rebuilt[0]
+                patches.on_close(_put_back(ns, name, v.rebuilt[0], v.original))
+        if v.install is not None:
+            v.install(patches)
+        v.switched = self.copies.swap(patches, ns) if mode == "whatif" and v.compiled else 0
+
+    def _clean_up(
+        self, mode: Mode, v: Variant, snap: Snapshot | None, result: RunResult | None
+    ) -> None:
+        """The one cleanup: the snapshot restored; for a restored run, the
+        worker processes it started stopped (a loader that holds its iterator
+        for the next epoch keeps it, and the magic's rebuilt loaders serve its
+        traced run too); memory freed after an out-of-memory."""
+        if snap is not None:
+            snap.restore()
+        if mode != "measure":
+            # a what-if's rebuilt loaders serve that run only
+            discarded, reused = (v.rebuilt, []) if mode == "whatif" else ([], v.rebuilt)
+            kept = [*self.user_ns.values(), *reused]
+            loadersmod.shut_down(
+                [
+                    *(result.iterators if result is not None else []),
+                    *(getattr(r, "_iterator", None) for r in discarded),
+                ],
+                keep=[getattr(x, "_iterator", None) for x in kept],
+            )
+        if result is not None and result.status == "oom":
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _adopt(self, run: RunResult, v: Variant) -> None:
+        """What the measured run found: what-ifs and the traced run use it."""
+        probes = run.probes
+        training = run.timeline.training_pass
+        self.train_loader = v.original
+        if self.train_loader is None and training is not None:
+            self.train_loader = training.loader
+        self.modules = list(probes.roots.values())
+        self.optimizers = list(probes.optimizers.values())
+        self.loaders = [p.loader for p in probes.iter_passes() if p.loader is not None]
 
 
-def _from_cell(exc: BaseException, filename: str) -> BaseException:
-    """Drop epochmagic's own frames above the cell from the traceback."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
-        tb = tb.tb_next
-    if tb is not None:
-        exc.__traceback__ = tb
-    return exc
+def _put_back(ns: dict[str, Any], name: str, rebuilt: Any, original: Any) -> Callable[[], None]:
+    """Undo a loader swap in the namespace, unless the cell rebound the name."""
+
+    def put_back() -> None:
+        if ns.get(name) is rebuilt:
+            ns[name] = original
+
+    return put_back

@@ -15,12 +15,14 @@ library trainers so callers can decline to re-run them.
 from __future__ import annotations
 
 import ast
-import random
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from epochmagic.capture.rng import rng_state, set_rng_state
 
 _MISSING = object()
 _UNRESTORABLE = {
@@ -44,7 +46,8 @@ def rebound_names(tree: ast.AST) -> set[str]:
         def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
             names.add(node.name)  # do not descend: its locals are not top-level
 
-        visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+        def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+            names.add(node.name)
 
         def visit_ClassDef(self, node: ast.ClassDef) -> None:
             names.add(node.name)
@@ -103,9 +106,9 @@ class Snapshot:
         cls,
         user_ns: dict[str, Any],
         names: set[str],
-        modules: list[Any] = (),  # type: ignore[assignment]
-        optimizers: list[Any] = (),  # type: ignore[assignment]
-        loaders: list[Any] = (),  # type: ignore[assignment]
+        modules: Sequence[Any] = (),
+        optimizers: Sequence[Any] = (),
+        loaders: Sequence[Any] = (),
     ) -> Snapshot:
         snap = cls(user_ns)
         snap.names = {n: user_ns.get(n, _MISSING) for n in names}
@@ -134,7 +137,7 @@ class Snapshot:
                 if isinstance(g, torch.Generator):
                     gens[id(g)] = g
         snap.generators = [(g, g.get_state()) for g in gens.values()]
-        snap.rng = _rng_state()
+        snap.rng = rng_state()
         return snap
 
     def _add_module(self, root: torch.nn.Module, seen: set[int]) -> None:
@@ -207,7 +210,7 @@ class Snapshot:
             _reset_dict(vars(obj), attrs)
         for g, st in self.generators:
             g.set_state(st)
-        _set_rng_state(self.rng)
+        set_rng_state(self.rng)
 
 
 def _reset_dict(target: dict[str, Any], saved: dict[str, Any]) -> None:
@@ -262,27 +265,3 @@ def _is_plain_object(v: Any) -> bool:
         return isinstance(vars(v), dict)
     except TypeError:
         return False
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    try:
-        import numpy as np
-
-        state["numpy"] = np.random.get_state()
-    except ImportError:
-        pass
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "numpy" in state:
-        import numpy as np
-
-        np.random.set_state(state["numpy"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])

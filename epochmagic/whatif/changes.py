@@ -4,18 +4,21 @@ fused copies of the optimizers. The user's objects are never modified."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from epochmagic.capture import loaders
 from epochmagic.capture.loaders import Unsupported
+from epochmagic.capture.patching import Patches
 from epochmagic.capture.probes import loader_keys
+from epochmagic.model import vocabulary
+from epochmagic.model.vocabulary import PRECISIONS
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-FUSABLE = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad)
+FUSABLE: tuple[type[torch.optim.Optimizer], ...] = tuple(
+    getattr(torch.optim, name) for name in vocabulary.FUSABLE
+)
 
 
 def substitution(original: Any, changes: dict[str, Any]) -> tuple[Callable[[Any], Any], list[Any]]:
@@ -61,6 +64,7 @@ def scaler_note(precision: str | None, device: str, scaler: bool | None) -> str 
 
 
 def check_precision(device: str, dtype: torch.dtype, name: str) -> None:
+    """Raise Unsupported when autocast to ``dtype`` cannot run on ``device``."""
     if device == "cuda":
         if not torch.cuda.is_available():
             raise Unsupported(f"{name}: CUDA is not available")
@@ -85,36 +89,32 @@ def available_memory() -> int | None:
     return None
 
 
-@contextlib.contextmanager
 def fused_optimizers(
-    ns: dict[str, Any], names: set[str], optimizers: list[Any], notes: list[str]
-) -> Iterator[None]:
+    patches: Patches, ns: dict[str, Any], names: set[str], notes: list[str]
+) -> None:
     """Run with fused copies of the namespace's optimizers (the user's are not
-    touched) and with fused=True for optimizers the cell creates."""
+    touched; the run's snapshot puts the names back) and, until ``patches``
+    closes, with fused=True for optimizers the cell creates."""
     for name in names:
         copy = fused_copy(ns[name])
         if copy is not None:
             ns[name] = copy
         else:
             notes.append(f"{type(ns[name]).__name__} has no fused implementation: {name} unchanged")
-    originals = {cls: cls.__init__ for cls in FUSABLE}
+    for cls in FUSABLE:
+        patches.replace(cls, "__init__", _fused_init(cls.__init__))
 
-    def make_init(cls: type, init: Any) -> Any:
-        def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:
-            if "fused" not in kwargs and not args:
-                kwargs["fused"] = True
-                kwargs.setdefault("foreach", None)
-            init(self, params, *args, **kwargs)
 
-        return __init__
+def _fused_init(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` with fused=True unless the call says otherwise."""
 
-    try:
-        for cls, init in originals.items():
-            cls.__init__ = make_init(cls, init)  # type: ignore[misc,method-assign]
-        yield
-    finally:
-        for cls, init in originals.items():
-            cls.__init__ = init  # type: ignore[misc,method-assign]
+    def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:
+        if "fused" not in kwargs and not args:
+            kwargs["fused"] = True
+            kwargs.setdefault("foreach", None)
+        init(self, params, *args, **kwargs)
+
+    return __init__
 
 
 def fused_copy(opt: Any) -> Any:
@@ -139,3 +139,17 @@ def fused_copy(opt: Any) -> Any:
         if "step" in st and torch.is_tensor(st["step"]):
             st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
     return new
+
+
+__all__ = [
+    "FUSABLE",
+    "PRECISIONS",
+    "Unsupported",
+    "autocast_factory",
+    "available_memory",
+    "check_precision",
+    "fused_copy",
+    "fused_optimizers",
+    "scaler_note",
+    "substitution",
+]

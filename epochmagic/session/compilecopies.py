@@ -20,14 +20,14 @@ marks (``torch._dynamo.mark_dynamic``) of the tensors in the namespace.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
 import sys
 import types
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
+
+from epochmagic.capture.patching import Patches
 
 
 class CompiledCopies:
@@ -39,25 +39,26 @@ class CompiledCopies:
         self.copies: dict[int, tuple[types.CodeType, types.CodeType]] = {}
         self._running: dict[int, list[types.FunctionType]] = {}  # gc.get_referrers is slow
 
-    @contextlib.contextmanager
-    def swapped(self, user_ns: dict[str, Any], compiled: bool = True) -> Iterator[int]:
-        """Run the body on the copies; yields how many functions were switched.
-        ``compiled``: the measured run ran compiled code (else nothing to do)."""
-        if not compiled or "torch._dynamo" not in sys.modules:
-            yield 0
-            return
-        swaps = self._swap()
-        state = _Saved.take(user_ns)
-        try:
-            yield len(swaps)
-        finally:
-            for fn, original in swaps:
-                fn.__code__ = original
-            state.restore()
+    def swap(self, patches: Patches, user_ns: dict[str, Any]) -> int:
+        """Run every compiled function on its copy until ``patches`` closes,
+        when dynamo's records are put back too; returns how many functions
+        were switched."""
+        if "torch._dynamo" not in sys.modules:
+            return 0
+        patches.on_close(_Saved.take(user_ns).restore)  # closed last: after the code swaps
+        switched = 0
+        for fn, replacement in self._targets():
+            try:
+                patches.swap(fn, "__code__", replacement)
+            except ValueError:  # a closure that does not fit: leave it
+                continue
+            switched += 1
+        return switched
 
-    def _swap(self) -> list[tuple[types.FunctionType, types.CodeType]]:
+    def _targets(self) -> list[tuple[types.FunctionType, types.CodeType]]:
+        """(function, copy of its code) for every function running compiled code."""
         ours = {id(copied) for _, copied in self.copies.values()}
-        swaps = []
+        targets = []
         for code in compiled_codes():
             if id(code) in ours:
                 continue
@@ -67,13 +68,8 @@ class CompiledCopies:
             for fn in running:
                 if id(code) not in self.copies:
                     self.copies[id(code)] = (code, code.replace())
-                replacement = self.copies[id(code)][1]
-                try:
-                    fn.__code__ = replacement
-                except ValueError:  # a closure that does not fit: leave it
-                    continue
-                swaps.append((fn, code))
-        return swaps
+                targets.append((fn, self.copies[id(code)][1]))
+        return targets
 
 
 def compiled_codes() -> list[types.CodeType]:
