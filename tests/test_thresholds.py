@@ -109,7 +109,9 @@ def test_no_rule_module_keeps_its_own_thresholds():
 def test_a_failed_peak_probe_is_tried_again(monkeypatch):
     import torch
 
-    monkeypatch.setattr(evidence, "_PEAK", {})
+    from epochmagic.analysis import gpu as gpumod
+
+    monkeypatch.setattr(gpumod, "_PROBED", {})
     real = torch.randn
 
     def lost(*a, **k):
@@ -117,12 +119,12 @@ def test_a_failed_peak_probe_is_tried_again(monkeypatch):
 
     monkeypatch.setattr(torch, "randn", lost)
     assert evidence.peak_flops("cpu", seconds=0.01) is None
-    assert evidence._PEAK == {}
+    assert gpumod._PROBED == {}
     monkeypatch.setattr(torch, "randn", real)
     # the device is named: the same on a machine with CUDA and one without
     peak = evidence.peak_flops("cpu", seconds=0.01)
-    assert peak and peak > 0 and evidence._PEAK == {"cpu": peak}
-    assert evidence.peak_flops("cpu") == peak  # kept once measured
+    assert peak and peak > 0 and gpumod._PROBED == {("cpu", "float32", False, 512): peak}
+    assert evidence.peak_flops("cpu") == peak  # kept once measured: one probe, one cache
 
 
 # -- predictions from what earlier what-ifs measured -----------------------------------------

@@ -204,38 +204,55 @@ def datasheet(name: str) -> tuple[float, float | None, float] | None:
     return None
 
 
-_PROBED: dict[tuple[str, bool], float] = {}
+# the one matmul probe's results: (device, dtype, tf32, n) -> FLOP/s. Only
+# measurements are kept: a failed probe is tried again next time.
+_PROBED: dict[tuple[str, str, bool, int], float] = {}
 
 
-def matmul_probe(precision: str, tf32: bool, n: int = 4096, seconds: float = 0.2) -> float | None:
-    """FLOP/s of a large matmul on the current GPU in this precision (kept once
-    measured; a failure is tried again next time); a practical peak for cards
-    the table does not know. TF32 is as the run left it."""
+def matmul_flops(
+    device: str, dtype: Any, n: int, seconds: float, tf32: bool = False
+) -> float | None:
+    """FLOP/s of an ``n`` x ``n`` matmul on ``device`` in ``dtype``, timed for
+    about ``seconds`` (kept once measured). Inputs come from a private
+    generator, so the user's random streams do not move. ``tf32`` is part of
+    the key: the run's TF32 setting changes what an fp32 matmul reaches."""
     import torch
 
-    key = (precision, tf32)
+    key = (device, str(dtype).replace("torch.", ""), tf32, n)
     if key in _PROBED:
         return _PROBED[key]
-    if not torch.cuda.is_available():
-        return None
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    on_cuda = device.startswith("cuda")
     try:
-        g = torch.Generator(device="cuda")  # the user's CUDA generator must not advance
-        a = torch.randn(n, n, device="cuda", dtype=dtype, generator=g)
-        b = torch.randn(n, n, device="cuda", dtype=dtype, generator=g)
+        g = torch.Generator(device=device)
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
         a @ b
-        torch.cuda.synchronize()
+        if on_cuda:
+            torch.cuda.synchronize()
         runs, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             a @ b
             runs += 1
-            if runs % 10 == 0:
+            if on_cuda and runs % 10 == 0:
                 torch.cuda.synchronize()
-        torch.cuda.synchronize()
+        if on_cuda:
+            torch.cuda.synchronize()
         measured = 2 * n**3 * runs / (time.perf_counter() - t0)
         del a, b
-    except Exception:  # noqa: BLE001 (out of memory, a busy or lost device: no peak this time)
+    except Exception:  # noqa: BLE001 (no such device, out of memory, a lost device: no peak this time)
         return None
-    if measured > 0:
-        _PROBED[key] = measured
-    return measured or None
+    if measured <= 0:
+        return None
+    _PROBED[key] = measured
+    return measured
+
+
+def matmul_probe(precision: str, tf32: bool, n: int = 4096, seconds: float = 0.2) -> float | None:
+    """FLOP/s of a large matmul on the current GPU in this precision; a
+    practical peak for cards the table does not know. TF32 is as the run left it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return matmul_flops("cuda", dtype, n, seconds, tf32)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from epochmagic.analysis import gpu as gpumod
 from epochmagic.capture import environment as envmod
 from epochmagic.capture import loaders
 from epochmagic.capture.rng import preserved_rng
@@ -54,8 +55,7 @@ def collect(run: Any, loader: Any, data_share: float) -> dict[str, Any]:
         ev["module_forward_s"] = _module_times(probes, roots)
         ev["module_backward_s"] = _backward_times(probes, roots)
     if ev["flops_per_step"] and envmod.model_device(roots) == "cpu":  # GPUs: gpu.utilisation
-        with preserved_rng():  # the probe's random matrices must not move the user's streams
-            ev["peak_flops"] = peak_flops()
+        ev["peak_flops"] = peak_flops()  # its own generator: the user's streams stay
     return ev
 
 
@@ -82,35 +82,12 @@ def _loading(loader: Any, data_share: float) -> dict[str, float] | None:
     return cost
 
 
-_PEAK: dict[str, float] = {}  # only measurements: a failed probe is tried again next time
-
-
 def peak_flops(device: str = "cpu", seconds: float = 0.1) -> float | None:
-    """FLOP/s ``device`` reaches on a 512x512 fp32 matmul (a short probe, kept
-    once measured), the yardstick for the model's achieved FLOP/s. The device is
-    named by the caller: whether CUDA exists does not change what is probed."""
-    import time
-
-    if device in _PEAK:
-        return _PEAK[device]
-    n = 512
-    try:
-        a = torch.randn(n, n, device=device)
-        b = torch.randn(n, n, device=device)
-        a @ b
-        runs, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            a @ b
-            runs += 1
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        measured = 2 * n**3 * runs / (time.perf_counter() - t0)
-    except Exception:  # noqa: BLE001 (no such device, out of memory, a lost device: no peak now)
-        return None
-    if measured <= 0:
-        return None
-    _PEAK[device] = measured
-    return measured
+    """FLOP/s ``device`` reaches on a 512x512 fp32 matmul (the one matmul
+    probe, ``analysis.gpu.matmul_flops``: kept once measured, a failure tried
+    again), the yardstick for the model's achieved FLOP/s. The device is named
+    by the caller: whether CUDA exists does not change what is probed."""
+    return gpumod.matmul_flops(device, torch.float32, 512, seconds)
 
 
 def _layer_names(roots: list[Any]) -> dict[int, str]:
