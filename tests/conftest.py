@@ -85,6 +85,21 @@ def _dynamo_state() -> tuple[bool, int]:
     )
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``fork`` state that they need the fork start method (they
+    ask for it explicitly, so a different default, such as forkserver on
+    Linux from Python 3.14, does not matter); where fork does not exist
+    (macOS may lack it safely, Windows has none) they skip, saying why."""
+    import multiprocessing
+
+    if "fork" in multiprocessing.get_all_start_methods():
+        return
+    skip = pytest.mark.skip(reason="needs the fork start method, which this platform lacks")
+    for item in items:
+        if "fork" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_instrumentation():
     """Fail any test that leaves a hook, patch or tracer installed."""

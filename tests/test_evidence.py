@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from epochmagic.capture import loaders
@@ -42,19 +43,24 @@ def test_loading_cost_separates_the_transform_and_puts_it_back():
     assert ds.transform is transform
 
 
+@pytest.mark.fork
 def test_loading_cost_inside_a_worker_process():
-    loader = torch.utils.data.DataLoader(WithTransform(), batch_size=8, num_workers=2)
+    loader = torch.utils.data.DataLoader(
+        WithTransform(), batch_size=8, num_workers=2, multiprocessing_context="fork"
+    )
     inside = loaders.loading_cost_in_worker(loader)
     assert inside is not None and inside["transform_s"] >= 0.0015
 
 
+@pytest.mark.fork
 def test_data_loading_finding_cites_transform_and_workers(ip):
     ip.user_ns["WithTransform"] = WithTransform
     run(
         ip,
         """
 import torch, torch.nn as nn
-loader = torch.utils.data.DataLoader(WithTransform(), batch_size=8, num_workers=1)
+loader = torch.utils.data.DataLoader(WithTransform(), batch_size=8, num_workers=1,
+                                     multiprocessing_context="fork")
 lin = nn.Linear(4, 2); sgd = torch.optim.SGD(lin.parameters(), lr=0.1)
 """,
     )
