@@ -16,12 +16,8 @@ importable from here.
 
 from __future__ import annotations
 
-from typing import Any
-
 from epochmagic.capture.loaders import Unsupported
-from epochmagic.model.profile import EpochProfile
 from epochmagic.model.vocabulary import LOADER_KEYS, SETTING_KEYS
-from epochmagic.session.session import Session
 from epochmagic.whatif.changes import check_precision
 from epochmagic.whatif.plan import DEFAULT_STEPS, default_steps, label, resolve
 from epochmagic.whatif.rerun import rerun, run_whatif, session_of
@@ -31,20 +27,8 @@ from epochmagic.whatif.sweep import rank, run_sweep, sweep
 class WhatIfs:
     """What a Session calls for ``rerun`` and ``sweep`` (its ``WhatIfs``)."""
 
-    def rerun(
-        self,
-        session: Session,
-        base: EpochProfile,
-        steps: int | None,
-        progress: Any,
-        changes: dict[str, Any],
-    ) -> EpochProfile:
-        return run_whatif(session, base, steps, progress, changes)
-
-    def sweep(
-        self, session: Session, base: EpochProfile, steps: int | None, grid: dict[str, Any]
-    ) -> list[EpochProfile]:
-        return run_sweep(session, base, steps, grid)
+    rerun = staticmethod(run_whatif)
+    sweep = staticmethod(run_sweep)
 
 
 WHATIFS = WhatIfs()
