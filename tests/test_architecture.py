@@ -93,3 +93,12 @@ def test_a_released_or_loaded_profile_says_to_run_the_cell_again(tmp_path):
     for p in (prof, loaded):
         with pytest.raises(RuntimeError, match="run the cell again"):
             p.rerun(workers=2)
+
+
+def test_the_config_record_holds_every_setting():
+    from types import SimpleNamespace
+
+    from epochmagic.analysis.assemble import _config
+
+    config = _config(SimpleNamespace(precision=None, optimizers={}), None, "cpu")
+    assert set(SETTING_KEYS) <= set(config)  # a what-if's label compares them all
