@@ -17,7 +17,9 @@ from epochmagic.model import registry
 from epochmagic.model.gpurecord import GpuRecord
 from epochmagic.model.vocabulary import PHASES, SETTINGS
 
-SCHEMA_VERSION = 3  # 2: `compile`; 3: `Finding.saving`, `saving_source`
+# 2: `compile`; 3: `Finding.saving`, `saving_source`; 4: sampled lines (`lines_source`,
+# `LineStat.ticks`, `phase_ticks`, `wait_ticks`; `hits` None when sampled)
+SCHEMA_VERSION = 4
 # never saved: the link to a live session, and images rendered for display
 NOT_SAVED = ("session", "rendered")
 
@@ -33,17 +35,26 @@ class SessionHandle(Protocol):
 
 @dataclass(frozen=True)
 class LineStat:
-    """One source line of the cell or of a notebook-defined function it calls.
+    """One source line: of the cell, of a notebook-defined function it calls,
+    or (sampled) of a library loop it runs, with a short path
+    (``transformers/trainer.py``).
 
-    ``time_s`` includes the time of calls made from the line, as line_profiler
-    reports it, and comes from the short traced run (``lines_steps`` steps).
+    ``time_s`` includes the time of calls made from the line. Sampled
+    (``prof.lines_source == "sampled"``): ``hits`` is None, ``ticks`` is the
+    number of samples on the line, ``phase_ticks`` the samples per phase, and
+    ``wait_ticks`` the samples taken while the host waited on the device.
+    Traced (``"traced"``, a short separate run under line_profiler): ``hits``
+    counts executions and the tick fields stay empty.
     """
 
     filename: str
     lineno: int
     source: str
-    hits: int
+    hits: int | None
     time_s: float
+    ticks: int = 0
+    phase_ticks: dict[str, int] = field(default_factory=dict)
+    wait_ticks: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,7 @@ class EpochProfile:
     tokens_per_s: float | None = None
     lines: list[LineStat] = field(default_factory=list)
     lines_steps: int = 0
+    lines_source: str | None = None  # "sampled", "traced" or None (no lines)
     findings: list[Finding] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
@@ -145,6 +157,8 @@ class EpochProfile:
         known = {f.name for f in fields(cls)} - set(NOT_SAVED)
         kwargs = {k: v for k, v in d.items() if k in known}
         kwargs["lines"] = [LineStat(**x) for x in d.get("lines", [])]
+        if version < 4 and kwargs["lines"]:  # before sampling, every line was traced
+            kwargs["lines_source"] = "traced"
         kwargs["findings"] = [Finding(**x) for x in d.get("findings", [])]
         return cls(**kwargs)
 
