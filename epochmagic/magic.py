@@ -22,11 +22,13 @@ from IPython.display import display
 
 from epochmagic.analysis import gpu
 from epochmagic.analysis.assemble import build_profile
+from epochmagic.capture.sampler import INTERVAL_S
 from epochmagic.diagnosis import evidence
 from epochmagic.diagnosis.diagnose import diagnose
 from epochmagic.model.profile import EpochProfile
 from epochmagic.model.vocabulary import MAGIC_SETTINGS
 from epochmagic.session.execute import Limits
+from epochmagic.session.linemode import LINE_MODES, LineMode, attribute_sampled
 from epochmagic.session.session import Session, compile_cell
 from epochmagic.whatif.changes import scaler_note
 from epochmagic.whatif.firstrun import FirstRun
@@ -94,7 +96,15 @@ class EpochMagics(Magics):
         help="also time each layer's forward and backward (costs overhead; off by default)",
     )
     @argument("--text", action="store_true", help="print the plain-text report")
-    @argument("--no-lines", action="store_true", help="skip line-level attribution")
+    @argument(
+        "--lines",
+        choices=LINE_MODES,
+        help="where the hot lines come from: sampled (the default) from the measured epoch "
+        f"itself, every {INTERVAL_S * 1000:g} ms, library loops included; traced: exact hits from a short re-run "
+        "of the cell and notebook functions under line_profiler, where a re-run is safe; "
+        "off: none",
+    )
+    @argument("--no-lines", action="store_true", help="no line attribution (--lines off)")
     @argument("-h", "--help", action="store_true", help="print this help; nothing runs")
     @argument(
         "--export",
@@ -123,6 +133,11 @@ class EpochMagics(Magics):
         ``prof.rerun(workers=2, ...)`` and ``prof.sweep(batch_size=[64, 128])``
         re-run the epoch under other settings and measure them, putting your
         model, optimizer, RNG and loader back exactly as they were.
+
+        The hot lines are sampled from the measured epoch (``--lines``):
+        the cell's lines, notebook functions' lines and the library loop's
+        own lines (``transformers/trainer.py:...``), each with its share per
+        phase; ``--lines traced`` gives exact hits from a short re-run.
 
         On CUDA the phases come from CUDA events (asynchronous GPU work is
         credited to the phase that launched it) and ``prof.gpu`` says how long
@@ -204,6 +219,8 @@ def _validate(args: Any) -> None:
     for opt, value in (("-o/--out", args.out), ("--loader", args.loader)):
         if value is not None and (not value.isidentifier() or keyword.iskeyword(value)):
             raise UsageError(f"{opt}: {value!r} is not a valid variable name")
+    if args.no_lines and args.lines not in (None, "off"):
+        raise UsageError(f"--no-lines contradicts --lines {args.lines}: give one of them")
     if args.skip_epochs < 0:
         raise UsageError(f"--skip-epochs must be 0 or more, got {args.skip_epochs}")
     for setting in MAGIC_SETTINGS:
@@ -232,7 +249,7 @@ class Options:
     settings: dict[str, Any] = field(default_factory=dict)
     modules: bool = False
     text: bool = False
-    lines: bool = True
+    lines: LineMode = "sampled"
     export: str | None = None
 
     @classmethod
@@ -246,7 +263,7 @@ class Options:
             settings={s.name: getattr(args, s.name) for s in MAGIC_SETTINGS},
             modules=args.modules,
             text=args.text,
-            lines=not args.no_lines,
+            lines="off" if args.no_lines else (args.lines or "sampled"),
             export=args.export,
         )
 
@@ -264,7 +281,7 @@ def profile_source(
     cell = compile_cell(shell, source, magic_line)
     first = FirstRun.plan(shell.user_ns, options.loader_name, options.settings)
     session = Session(shell, cell, options.loader_name, whatifs=WHATIFS)
-    run = session.run("measure", options.limits, first)
+    run = session.run("measure", options.limits, first, sample=options.lines == "sampled")
     prof = build_profile(run, cell, shell.user_ns)
     first.describe(prof)
     prof.session = session
@@ -276,9 +293,12 @@ def profile_source(
         note = scaler_note(precision, str(prof.config.get("device")), prof.evidence["grad_scaler"])
         if note:
             prof.notes.append(note)
+    lines = options.lines
+    if lines == "sampled":  # "traced" where the sampler could not start and a re-run is safe
+        lines = attribute_sampled(prof, run, shell, cell.filename)
     pending: BaseException | None = run.exc
     del run  # the run's iterators and probes are not needed past this point
-    if options.lines and prof.status == "ok" and prof.steps:  # so nothing is pending yet
+    if lines == "traced" and prof.status == "ok" and prof.steps:  # so nothing is pending yet
         pending = _attribute_lines(prof, session, first)
     prof.findings = diagnose(prof)
     _report(prof, shell, options)
@@ -293,7 +313,7 @@ def _attribute_lines(prof: EpochProfile, session: Session, first: FirstRun) -> B
     if prof.compile is not None:
         prof.notes.append(
             "no line attribution: the cell runs compiled code (torch.compile), and a traced "
-            "re-run would compile it again (--no-lines hides this note)"
+            "re-run would compile it again (--lines sampled gives lines without a re-run)"
         )
         return None
     from epochmagic.session.lines import attribute_lines  # line_profiler: only when used

@@ -80,7 +80,7 @@ def step(xb, yb):
     code_before = ip.user_ns["step"].__code__
     run(
         ip,
-        """%%epochprofile -o prof --text
+        """%%epochprofile -o prof --text --lines traced
 for epoch in range(3):
     for xb, yb in loader:
         step(xb, yb)
@@ -120,7 +120,7 @@ def test_traced_steps_stay_within_a_tenth_of_the_epoch():
     assert traced_steps(prof) == 2  # never more than the epoch had
 
 
-ODD_CELL = """%%epochprofile -o prof --text
+ODD_CELL = """%%epochprofile -o prof --text --lines traced
 
 # a comment, then a line magic and a continued statement
 %time _ = 1

@@ -8,6 +8,7 @@ from typing import Any
 from epochmagic.analysis.timeline import Timeline
 from epochmagic.capture.cudaclock import DeviceClock
 from epochmagic.capture.probes import Probes
+from epochmagic.capture.sampler import Sample
 
 
 @dataclass
@@ -23,3 +24,8 @@ class RunResult:
     device: DeviceClock | None = None  # the CUDA clock the run was timed with
     compile: dict[str, Any] | None = None  # torch.compile during the run (compilewatch)
     compile_intervals: list[tuple[float, float]] = field(default_factory=list)
+    # the stack samples of the measured epoch, on the timeline's clock (lines
+    # sampled); the sampler's interval once it ran, or why it could not start
+    samples: list[Sample] = field(default_factory=list)
+    sample_interval_s: float | None = None
+    sampler_why_not: str | None = None

@@ -12,6 +12,7 @@ from epochmagic.model.events import ENTER_OF_EXIT, EXIT_OF_ENTER, PHASE_OF_ENTER
 from epochmagic.model.vocabulary import PHASES
 
 Spans = list[tuple[float, float]]
+PhaseSpans = list[tuple[float, float, str]]
 
 
 def sweep(
@@ -21,16 +22,19 @@ def sweep(
     bounds: Spans,
     spans: Spans,
     busy: Spans | None = None,
-) -> tuple[dict[str, float], list[dict[str, float]], dict[str, float] | None]:
+) -> tuple[dict[str, float], list[dict[str, float]], dict[str, float] | None, PhaseSpans]:
     """Credit every instant to one phase: the innermost open one inside a step,
     ``eval`` inside an evaluation span, ``other`` elsewhere. With ``busy``,
-    also the device's busy seconds by phase."""
+    also the device's busy seconds by phase. Last, the run tiled into
+    ``(start, end, phase)`` spans, neighbours of one phase merged, so anything
+    timed on the same clock (a stack sample) can ask which phase was open."""
     on_device = busy is not None
     busy = busy or []
     cuts = _cuts(events, start, end, bounds, spans, busy)
     totals = dict.fromkeys(PHASES, 0.0)
     per_step = [dict.fromkeys(PHASES, 0.0) for _ in bounds]
     device = dict.fromkeys(PHASES, 0.0)
+    tiles: PhaseSpans = []
     stack: list[int] = []
     ei = si = vi = bi = 0
     n = len(events)
@@ -52,6 +56,10 @@ def sweep(
             phase = "other"
         d = b - a
         totals[phase] += d
+        if tiles and tiles[-1][2] == phase:
+            tiles[-1] = (tiles[-1][0], b, phase)
+        else:
+            tiles.append((a, b, phase))
         if in_step:
             per_step[si][phase] += d
         while bi < len(busy) and busy[bi][1] <= a:
@@ -60,7 +68,7 @@ def sweep(
             device[phase] += d
     totals = _exact(totals, end - start)
     per_step = [_exact(p, b1 - b0) for p, (b0, b1) in zip(per_step, bounds)]
-    return totals, per_step, (device if on_device else None)
+    return totals, per_step, (device if on_device else None), tiles
 
 
 def _cuts(

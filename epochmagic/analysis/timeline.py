@@ -57,6 +57,9 @@ class Timeline:
     busy: list[tuple[float, float]] = field(default_factory=list)
     busy_estimate: list[tuple[float, float]] = field(default_factory=list)
     syncs: list[Sync] = field(default_factory=list)
+    # the sweep's tiling of the run: (start, end, phase), in order, one phase
+    # per span, so a stack sample's phase is the span open at its time
+    phase_spans: list[tuple[float, float, str]] = field(default_factory=list)
 
     @property
     def step_times(self) -> list[float]:
@@ -100,7 +103,7 @@ def analyse(
         clock, bounds, samples, tokens = update_steps(typed, clock_opt, trained_roots)
         labels = []
     spans = eval_spans(typed, all_passes, training_keys, trained_roots, end)
-    phases, step_phases, device = sweep(typed, start, end, bounds, spans, busy)
+    phases, step_phases, device, phase_spans = sweep(typed, start, end, bounds, spans, busy)
     mem = [(e.t, int(e.info)) for e in typed if e.kind == MEM]
     return Timeline(
         start=start,
@@ -120,6 +123,7 @@ def analyse(
         busy=busy or [],
         syncs=[_sync(e) for e in typed if e.kind == SYNC],
         busy_estimate=busy_estimate or [],
+        phase_spans=phase_spans,
     )
 
 

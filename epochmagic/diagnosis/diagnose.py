@@ -14,7 +14,7 @@ import statistics
 
 from epochmagic.analysis.figures import epoch, flop, in_steps, ms, step_times_without_compile
 from epochmagic.analysis.timeline import warmup_count
-from epochmagic.diagnosis import datafindings, gpufindings, savings
+from epochmagic.diagnosis import datafindings, gpufindings, linephases, savings
 from epochmagic.model.profile import EpochProfile, Finding
 from epochmagic.model.thresholds import threshold as t
 from epochmagic.model.vocabulary import FUSABLE
@@ -66,17 +66,12 @@ def python_overhead(prof: EpochProfile) -> Finding | None:
     if per_step / max(step, 1e-12) < t("python_overhead"):
         return None
     share = per_step * prof.steps / epoch(prof)
-    cell_lines = [ls for ls in prof.lines if ls.filename.startswith("Cell")]
-    hot = "; ".join(
-        f"{ls.filename}:{ls.lineno} `{ls.source.strip()}` "
-        f"{ms(ls.time_s / max(1, prof.lines_steps))}/step"
-        for ls in cell_lines[:3]
-    )
+    hot = linephases.cited(prof)  # sampled: the hottest lines in `other`
     return Finding(
         "python_overhead",
         "Python in the loop, outside the model and the loader",
         f"{ms(per_step)} per step outside data, model, backward and optimizer"
-        + (f"; hottest lines: {hot}" if hot else "")
+        + (f"; {hot}" if hot else "")
         + ".",
         share,
         {},

@@ -94,6 +94,18 @@ _TABLE: dict[str, tuple[float, str]] = {
         8,
         "most loader workers a worker suggestion considers (never more than the cores)",
     ),
+    # -- sampled lines: the per-phase view and python_overhead's citations
+    "lines_phase_share": (
+        0.05,
+        "share of the epoch worth naming in the per-phase view, for a phase and for a line "
+        "that explains it (the same 5 % as data_moderate)",
+    ),
+    "lines_loop_cover": (
+        0.9,
+        "a line holding this much of the hottest line's samples in every step phase worth "
+        "naming (two at least) runs the whole loop (trainer.train()): it tops every phase "
+        "and explains none, so inner lines are named first",
+    ),
     # -- gpufindings
     "sync_per_step": (
         1.0,

@@ -9,10 +9,11 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING, Any
 
+from epochmagic.diagnosis import linephases
 from epochmagic.report import charts, htmlreport
 from epochmagic.report.textreport import at_stake, gpu_summary, header, verdict, why_first
 from epochmagic.report.whatifpanel import WhatIfPanel
-from epochmagic.report.widgets import IMAGE, WRAP, button_layout
+from epochmagic.report.widgets import FIT, IMAGE, WRAP, button_layout
 
 if TYPE_CHECKING:
     from epochmagic.model.profile import EpochProfile
@@ -20,11 +21,17 @@ if TYPE_CHECKING:
 TITLES = ("Breakdown", "Timeline", "Lines", "Diagnosis", "What-if")
 
 
+def phase_label(view: linephases.PhaseLines) -> str:
+    """A phase menu entry: the phase and its share of the epoch."""
+    return f"{view.phase} ({linephases.percent(view.share)} of the epoch)"
+
+
 class Dashboard(WhatIfPanel):
     def __init__(self, prof: EpochProfile) -> None:
         import ipywidgets as w
 
         super().__init__(prof, w, w.Output(layout={"max_height": "240px", "overflow": "auto"}))
+        self.lines_menu: Any = None  # the Lines tab's phase menu (sampled lines only)
         gpu = gpu_summary(prof)
         why = why_first(prof)
         head = w.HTML(
@@ -66,7 +73,31 @@ class Dashboard(WhatIfPanel):
         return self._image(charts.timeline(self.prof))
 
     def _lines(self) -> Any:
-        return self.w.HTML(htmlreport.lines_html(self.prof, n=15))
+        """Traced lines: a table. Sampled lines: a phase menu over a table, all
+        lines with the per-phase view, or one phase's lines."""
+        table = self.w.HTML(htmlreport.lines_html(self.prof, n=15))
+        views = linephases.per_phase(self.prof, limit=15, every=True)
+        if not views:
+            return table
+        menu = self.w.Dropdown(
+            options=[("all lines", ""), *((phase_label(v), v.phase) for v in views)],
+            value="",
+            description="phase",
+            style=FIT,
+        )
+
+        def show(_change: Any) -> None:
+            with self.out:
+                chosen = [v for v in views if v.phase == menu.value]
+                table.value = (
+                    htmlreport.phases_html(self.prof, chosen)
+                    if chosen
+                    else htmlreport.lines_html(self.prof, n=15)
+                )
+
+        menu.observe(show, names="value")
+        self.lines_menu = menu
+        return self.w.VBox([menu, table])
 
     def _diagnosis(self) -> Any:
         w = self.w

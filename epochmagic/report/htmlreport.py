@@ -7,12 +7,22 @@ import base64
 import html
 from typing import TYPE_CHECKING
 
+from epochmagic.diagnosis import linephases
 from epochmagic.model.vocabulary import PHASES
 from epochmagic.report import charts
-from epochmagic.report.textreport import at_stake, gpu_summary, header, verdict, why_first
+from epochmagic.report.textreport import (
+    at_stake,
+    gpu_summary,
+    header,
+    loop_summary,
+    sampled_about,
+    sampled_caveats,
+    verdict,
+    why_first,
+)
 
 if TYPE_CHECKING:
-    from epochmagic.model.profile import EpochProfile
+    from epochmagic.model.profile import EpochProfile, LineStat
 
 STYLE = """<style>
 .em-report{font-family:system-ui,sans-serif;font-size:13px;max-width:900px}
@@ -72,10 +82,12 @@ def findings_html(prof: EpochProfile) -> str:
 def lines_html(prof: EpochProfile, n: int = 10) -> str:
     if not prof.lines:
         return "<p class='muted'>No line attribution (see the notes).</p>"
+    if linephases.is_sampled(prof):
+        return sampled_lines_html(prof, n) + phases_html(prof, linephases.per_phase(prof))
     rows = "".join(
         f"<tr><td>{html.escape(ls.filename)}:{ls.lineno}</td><td>{ls.time_s * 1000:.1f}</td>"
-        f"<td>{ls.hits}</td><td style='text-align:left'><code>{html.escape(ls.source.strip())}"
-        "</code></td></tr>"
+        f"<td>{'' if ls.hits is None else ls.hits}</td><td style='text-align:left'><code>"
+        f"{html.escape(ls.source.strip())}</code></td></tr>"
         for ls in sorted(prof.lines, key=lambda x: -x.time_s)[:n]
     )
     return (
@@ -83,6 +95,63 @@ def lines_html(prof: EpochProfile, n: int = 10) -> str:
         "time includes the calls it makes.</p><table><tr><th>line</th><th>ms</th>"
         f"<th>hits</th><th style='text-align:left'>source</th></tr>{rows}</table>"
     )
+
+
+def sampled_lines_html(prof: EpochProfile, n: int = 10) -> str:
+    """The hottest sampled lines: time, share of the epoch, samples, the phase
+    most of them were in and the share taken while the host waited on the device."""
+    loop, top = linephases.hot_lines(prof, n)
+    rows = []
+    for ls in top:
+        wait = linephases.wait_share(ls)
+        rows.append(
+            f"<tr><td>{html.escape(linephases.where(ls))}</td><td>{ls.time_s * 1000:.1f}</td>"
+            f"<td>{linephases.percent(linephases.share(prof, ls.time_s))}</td><td>{ls.ticks}</td>"
+            f"<td>{linephases.main_phase(ls) or '-'}</td>"
+            f"<td>{f'{wait:.0%}' if ls.wait_ticks else ''}</td>{_source_cell(ls)}</tr>"
+        )
+    whole = (
+        f"<p>The whole loop runs in {html.escape(loop_summary(prof, loop))}.</p>" if loop else ""
+    )
+    return (
+        f"<p class='muted'>{html.escape(_capital(sampled_about(prof)))}. "
+        f"{html.escape(sampled_caveats(prof))}.</p>{whole}<table><tr><th>line</th><th>ms</th>"
+        "<th>% of epoch</th><th>samples</th><th>mostly in</th><th>waiting</th>"
+        f"<th style='text-align:left'>source</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def phases_html(prof: EpochProfile, views: list[linephases.PhaseLines]) -> str:
+    """The per-phase view: a table per phase of its hottest sampled lines."""
+    if not views:
+        return ""
+    parts = [
+        "<p class='muted'>Where each phase's time went (a line's time includes its calls):</p>"
+    ]
+    for view in views:
+        rows = (
+            "".join(
+                f"<tr><td>{html.escape(linephases.where(ls))}</td><td>{s * 1000:.1f}</td>"
+                f"<td>{linephases.percent(linephases.share(prof, s))}</td>{_source_cell(ls)}</tr>"
+                for ls, s in view.lines
+            )
+            or "<tr><td colspan='4' class='muted'>no sampled line</td></tr>"
+        )
+        parts.append(
+            f"<table class='em-phase-lines'><tr><th colspan='4' style='text-align:left'>"
+            f"{view.phase}: {linephases.percent(view.share)} of the epoch</th></tr>"
+            "<tr><th>line</th><th>ms in phase</th><th>% of epoch</th>"
+            f"<th style='text-align:left'>source</th></tr>{rows}</table>"
+        )
+    return "".join(parts)
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _source_cell(ls: LineStat) -> str:
+    return f"<td style='text-align:left'><code>{html.escape(ls.source.strip())}</code></td>"
 
 
 def report(prof: EpochProfile, with_charts: bool = True) -> str:

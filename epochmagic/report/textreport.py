@@ -6,11 +6,12 @@ import os
 import textwrap
 from typing import TYPE_CHECKING
 
+from epochmagic.diagnosis import linephases
 from epochmagic.model.thresholds import threshold
 from epochmagic.model.vocabulary import PHASES
 
 if TYPE_CHECKING:
-    from epochmagic.model.profile import EpochProfile, Finding
+    from epochmagic.model.profile import EpochProfile, Finding, LineStat
 
 PHASE_ORDER = PHASES  # the name htmlreport imports (to be switched to PHASES)
 HOT_LINES = 8  # hot lines the report lists (a display count)
@@ -189,7 +190,8 @@ def phase_table(prof: EpochProfile) -> list[str]:
 def line_rows(prof: EpochProfile, n: int = HOT_LINES) -> list[str]:
     if not prof.lines:
         return []
-    total = sum(ls.time_s for ls in prof.lines if ls.filename == prof.lines[0].filename) or 1.0
+    if linephases.is_sampled(prof):
+        return [*sampled_rows(prof, n), f"  ({sampled_caveats(prof)})", "", *phase_rows(prof)]
     top = sorted(prof.lines, key=lambda ls: ls.time_s, reverse=True)[:n]
     out = [
         f"hot lines (from a separate traced run of {prof.lines_steps} steps; a line's time "
@@ -197,20 +199,104 @@ def line_rows(prof: EpochProfile, n: int = HOT_LINES) -> list[str]:
     ]
     width = max(len(_where(ls.filename, ls.lineno)) for ls in top)
     for ls in top:
-        src = ls.source.strip()
-        src = src if len(src) <= 60 else src[:57] + "..."
+        hits = f"{ls.hits:7d} hits" if ls.hits is not None else " " * 12
         out.append(
             f"  {_where(ls.filename, ls.lineno):<{width}}  {ls.time_s * 1000:9.1f} ms "
-            f"{ls.hits:7d} hits  {src}"
+            f"{hits}  {_source(ls.source)}"
         )
-    del total
     return out
+
+
+def sampled_about(prof: EpochProfile) -> str:
+    """Where sampled lines come from (the hot-lines heading)."""
+    n = linephases.sample_count(prof)
+    about = "sampled from the measured epoch" + (f", {n:,} samples" if n else "")
+    return about + "; a line's time includes the calls it makes"
+
+
+def sampled_caveats(prof: EpochProfile) -> str:
+    """What sampled lines leave out."""
+    text = (
+        "DataLoader workers are other processes and are not sampled: their time is the "
+        "wait in `data`"
+    )
+    if str(prof.environment.get("device", "")).startswith("cuda"):
+        text += "; a line's time is the host's, its waits on the GPU marked"
+    return text
+
+
+def sampled_rows(prof: EpochProfile, n: int = HOT_LINES) -> list[str]:
+    """The hottest sampled lines: time, share of the epoch, the phase most of
+    their samples were in, and the share spent waiting on the device. The lines
+    that run the whole loop are one row above them."""
+    loop, top = linephases.hot_lines(prof, n)
+    out = [f"hot lines ({sampled_about(prof)}):"]
+    if loop:
+        out.append(f"  the whole loop runs in {loop_summary(prof, loop)}")
+    if not top:
+        return out
+    width = max(len(_sampled_where(ls)) for ls in top)
+    out.append(
+        f"  {'line':<{width}}  {'time':>12} {'epoch':>6}  {'mostly in':<9} {'waiting':>7}  source"
+    )
+    for ls in top:
+        wait = linephases.wait_share(ls)
+        waits = f"{wait:.0%}" if ls.wait_ticks else ""
+        out.append(
+            f"  {_sampled_where(ls):<{width}}  {ls.time_s * 1000:9.1f} ms "
+            f"{linephases.share(prof, ls.time_s):6.1%}  {linephases.main_phase(ls) or '-':<9} "
+            f"{waits:>7}  {_source(ls.source)}"
+        )
+    return out
+
+
+def loop_summary(prof: EpochProfile, loop: list[LineStat]) -> str:
+    """``Cell In[5]:3 `trainer.train()` (99.7% of the epoch; 9 more lines hold it
+    too)``: the line that runs the whole loop, and how many others nest with it."""
+    first = loop[0]
+    more = {0: "", 1: "; 1 more line holds it too"}.get(
+        len(loop) - 1, f"; {len(loop) - 1} more lines hold it too"
+    )
+    return (
+        f"{_sampled_where(first)} `{_source(first.source)}` "
+        f"({linephases.percent(linephases.share(prof, first.time_s))} of the epoch{more})"
+    )
+
+
+def phase_rows(prof: EpochProfile) -> list[str]:
+    """The per-phase view: for each phase worth naming, its hottest lines."""
+    out = ["where each phase's time went (sampled lines; a line's time includes its calls):"]
+    for view in linephases.per_phase(prof):
+        out.append(
+            f"  {view.phase}: {linephases.percent(view.share)} of the epoch"
+            + ("; hottest:" if view.lines else "; no sampled line")
+        )
+        width = max((len(_sampled_where(ls)) for ls, _ in view.lines), default=0)
+        out += [
+            f"    {_sampled_where(ls):<{width}}  {linephases.percent(linephases.share(prof, s)):>5}  "
+            f"{_source(ls.source)}"
+            for ls, s in view.lines
+        ]
+    return out
+
+
+def _source(source: str) -> str:
+    src = source.strip()
+    return src if len(src) <= 60 else src[:57] + "..."
 
 
 def _where(filename: str, lineno: int) -> str:
     if filename.startswith("Cell "):
         return f"{filename}:{lineno}"
     return f"{os.path.basename(filename)}:{lineno}"
+
+
+def _sampled_where(ls: LineStat) -> str:
+    """The sampler's short path (``transformers/trainer.py:2543``); a full path's
+    file name."""
+    if os.path.isabs(ls.filename):
+        return _where(ls.filename, ls.lineno)
+    return linephases.where(ls)
 
 
 def at_stake(f: Finding) -> str:
@@ -231,7 +317,9 @@ def own_cost(prof: EpochProfile) -> str | None:
         f"({prof.probe_cost_s / prof.wall_s:.1%} of the epoch; probe events x their "
         "measured cost)"
     )
-    if prof.lines_steps:
+    if linephases.is_sampled(prof):
+        text += "; hot lines sampled in this run"
+    elif prof.lines_steps:
         text += f"; hot lines from a separate traced run of {prof.lines_steps} steps"
     return text
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import CodeType
 from typing import Any
 
 import torch
@@ -21,7 +22,8 @@ from epochmagic.capture.cudaclock import DeviceClock
 from epochmagic.capture.devicetime import DeviceTime
 from epochmagic.capture.probes import Probes, StopCell
 from epochmagic.capture.recorder import Recorder
-from epochmagic.capture.retime import to_device_time
+from epochmagic.capture.retime import samples_to_device_time, to_device_time
+from epochmagic.capture.sampler import MAX_DEPTH, Sample, Sampler
 from epochmagic.model.cell import Cell
 
 
@@ -42,13 +44,17 @@ class Hooks:
     """What the probes do on a run's behalf: hand out a rebuilt loader for the
     training loader (``substitute``), wrap root forwards (``autocast``), report
     progress at step boundaries (``on_step``); ``tracer`` is entered around
-    the cell (line_profiler) and ``capture`` keeps its output off the screen."""
+    the cell (line_profiler) and ``capture`` keeps its output off the screen.
+    ``sampler`` samples the stack from the moment measuring starts to the
+    run's end (sampled lines); its owner also stops it when the run's
+    ``Patches`` close, so an error between the two cannot leave it running."""
 
     substitute: Callable[[Any], Any] | None = None
     autocast: Callable[[], Any] | None = None
     on_step: Callable[[int], None] | None = None
     tracer: Any = None
     capture: bool = False
+    sampler: Sampler | None = None
 
 
 def execute(
@@ -61,10 +67,13 @@ def execute(
     rec = Recorder(clock=clock.now) if clock is not None else Recorder()
 
     def measure() -> None:
-        """Start the clocks: at the cell's start, or after --skip-epochs."""
+        """Start the clocks and the sampler: at the cell's start, or after
+        --skip-epochs (the skipped epochs are not sampled)."""
         if clock is not None:
             clock.begin()
         rec.begin()
+        if hooks.sampler is not None and not hooks.sampler.running:
+            hooks.sampler.start()
 
     probes = Probes(
         rec,
@@ -105,6 +114,7 @@ def _run(
                 status, reason, exc = _exec(cell, user_ns, hooks.tracer)
             finally:
                 rec.finish()
+                sampled = _stop(hooks.sampler)
                 device_time = clock.finish() if clock is not None else None
             iterators = [p.iterator for p in probes.passes.values() if p.iterator is not None]
             compiled = probes.compile_watch.result()
@@ -116,9 +126,12 @@ def _run(
     if cap is not None:
         output = cap.stdout + cap.stderr
     end = probes.stop_time if probes.stop_time is not None else rec.end
+    sampler = hooks.sampler
+    samples = _in_cell(sampler.samples, cell.code, end) if sampler is not None and sampled else []
     if device_time is not None:
         end = to_device_time(rec, probes, device_time, end)
         intervals = [(device_time.at(a), device_time.at(b)) for a, b in intervals]
+        samples = samples_to_device_time(samples, device_time)
     return RunResult(
         status,
         reason,
@@ -131,7 +144,39 @@ def _run(
         clock,
         compiled,
         intervals,
+        samples,
+        sampler.interval_s if sampler is not None and sampled else None,
+        sampler.why_not if sampler is not None else None,
     )
+
+
+def _in_cell(samples: list[Sample], code: CodeType, end: float) -> list[Sample]:
+    """The samples up to the run's ``end`` (not the stop unwinding the cell),
+    each stack cut at the cell's own frame: the frames above it are IPython's
+    and the magic's (the ``%%epochprofile`` line's cell among them), not the
+    cell's. A sample outside the cell (the probes starting) keeps no frames; a
+    stack too deep to reach the cell's frame is kept whole."""
+    out = []
+    for s in samples:
+        if s.t > end:
+            break
+        stack = s.stack
+        outer = next((i for i in range(len(stack) - 1, -1, -1) if stack[i][0] is code), None)
+        if outer is not None:
+            stack = stack[: outer + 1]
+        elif len(stack) < MAX_DEPTH:
+            stack = ()
+        out.append(s._replace(stack=stack))
+    return out
+
+
+def _stop(sampler: Sampler | None) -> bool:
+    """Stop the sampler at the run's end; whether it had been sampling."""
+    if sampler is None:
+        return False
+    running = sampler.running
+    sampler.stop()
+    return running
 
 
 def _exec(

@@ -18,6 +18,7 @@ from line_profiler import LineProfiler
 from epochmagic.capture.patching import Patches
 from epochmagic.model.profile import EpochProfile, LineStat
 from epochmagic.session.execute import Limits
+from epochmagic.session.notebook import file_label, notebook_functions
 from epochmagic.session.session import Session, Variant
 from epochmagic.session.snapshot import unrestorable
 
@@ -44,7 +45,7 @@ def attribute_lines(prof: EpochProfile, session: Session, variant: Variant | Non
     if blocker:
         prof.notes.append(
             f"no line attribution: re-running this cell would advance {blocker}'s progress, "
-            "which a snapshot cannot roll back (--no-lines hides this note)"
+            "which a snapshot cannot roll back (--lines sampled gives lines without a re-run)"
         )
         return
     limits = Limits(steps=traced_steps(prof), seconds=max(1.0, 2 * SHARE * prof.wall_s))
@@ -61,6 +62,7 @@ def attribute_lines(prof: EpochProfile, session: Session, variant: Variant | Non
         prof.notes.append(f"line attribution failed ({result.exc!r}): no hot lines")
         return
     prof.lines = _line_stats(lp, session.shell)
+    prof.lines_source = "traced"
     prof.lines_steps = len(result.timeline.step_bounds)
 
 
@@ -77,42 +79,10 @@ def _register_code(lp: LineProfiler, code: types.CodeType) -> types.CodeType:
     return padded
 
 
-def _is_notebook_file(shell: Any, filename: str) -> bool:
-    if filename in getattr(shell.compile, "_filename_map", {}):
-        return True
-    entry: Any = linecache.cache.get(filename)
-    return (
-        entry is not None
-        and entry[1] is None
-        and (filename.startswith("<ipython-input") or "ipykernel_" in filename)
-    )
-
-
-def _notebook_functions(shell: Any) -> list[types.FunctionType]:
-    found: dict[int, types.FunctionType] = {}
-
-    def add(obj: Any) -> None:
-        fn = getattr(obj, "__func__", obj)
-        if isinstance(fn, types.FunctionType) and _is_notebook_file(shell, fn.__code__.co_filename):
-            found[id(fn)] = fn
-
-    for value in list(shell.user_ns.values()):
-        if isinstance(value, type) and value.__module__ == "__main__":
-            for attr in vars(value).values():
-                if isinstance(attr, property):
-                    for f in (attr.fget, attr.fset):
-                        add(f)
-                else:
-                    add(attr)
-        else:
-            add(value)
-    return list(found.values())
-
-
 def _register_notebook_functions(lp: LineProfiler, shell: Any, patches: Patches) -> None:
     """Swap in line_profiler's padded code for notebook-defined functions
     until ``patches`` closes."""
-    for fn in _notebook_functions(shell):
+    for fn in notebook_functions(shell):
         holder = types.SimpleNamespace(__code__=fn.__code__)
         lp.add_function(holder)
         try:
@@ -131,12 +101,12 @@ def _line_stats(lp: LineProfiler, shell: Any) -> list[LineStat]:
             acc[0] += hits
             acc[1] += t * unit
     out = []
-    fmap = getattr(shell.compile, "_filename_map", {})
     for (filename, lineno), (count, secs) in merged.items():
         if count <= 0:
             continue
-        label = f"Cell In[{fmap[filename]}]" if filename in fmap else filename
         source = linecache.getline(filename, lineno).rstrip("\n")
-        out.append(LineStat(label, int(lineno), source, int(count), float(secs)))
+        out.append(
+            LineStat(file_label(shell, filename), int(lineno), source, int(count), float(secs))
+        )
     out.sort(key=lambda s: s.time_s, reverse=True)
     return out[:MAX_LINES]

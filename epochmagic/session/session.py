@@ -14,6 +14,7 @@ import ast
 import difflib
 import gc
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -24,6 +25,7 @@ from IPython.core.error import UsageError
 from epochmagic.analysis.run import RunResult
 from epochmagic.capture import loaders as loadersmod
 from epochmagic.capture.patching import Patches
+from epochmagic.capture.sampler import Sampler
 from epochmagic.diagnosis import predict
 from epochmagic.model.cell import Cell
 from epochmagic.model.profile import EpochProfile
@@ -225,22 +227,28 @@ class Session:
         on_step: Callable[[int], None] | None = None,
         tracer: Any = None,
         cell: Cell | None = None,
+        sample: bool = False,
     ) -> RunResult:
         """Run the cell once under the probes. ``measure``: the user's
         training; what it changes stays and the Session learns the loader,
-        models and optimizers from it. ``trace`` (under ``tracer``, running
-        ``cell``: the traced copy) and ``whatif``: output captured and
-        everything put back afterwards; an interrupt is re-raised once it is.
-        Every mode puts back what ``variant`` changed and frees memory after
-        an out-of-memory; the user's error stays in the result."""
+        models and optimizers from it; ``sample``: its stack is sampled while
+        it is measured (``RunResult.samples``, sampled lines). ``trace``
+        (under ``tracer``, running ``cell``: the traced copy) and ``whatif``:
+        output captured and everything put back afterwards; an interrupt is
+        re-raised once it is; never sampled. Every mode puts back what
+        ``variant`` changed and frees memory after an out-of-memory; the
+        user's error stays in the result."""
         __tracebackhide__ = True  # noqa: F841  (IPython hides this frame in tracebacks)
         v = variant if variant is not None else Variant()
         restored = mode != "measure"
         snap = self._snapshot(v) if restored else None
-        hooks = Hooks(v.substitute, v.autocast, on_step, tracer, capture=restored)
+        sampler = Sampler(clock=time.perf_counter) if sample and mode == "measure" else None
+        hooks = Hooks(v.substitute, v.autocast, on_step, tracer, capture=restored, sampler=sampler)
         result: RunResult | None = None
         try:
             with Patches() as patches:
+                if sampler is not None:  # stopped by execute, or by this whatever happens
+                    patches.on_close(sampler.stop)
                 self._install(mode, v, patches)
                 result = execute(
                     cell or self.cell, self.user_ns, self.loader_name, limits or Limits(), hooks
