@@ -3,10 +3,11 @@ does the whole magic take to answer?
 
     python benchmarks/overhead.py [--quick] [--model mlp|deep|both] [--threads N]
 
-(a) Distortion: one epoch of an MLP over a TensorDataset DataLoader, run three
-    ways in one process, in alternated order (P M T, T M P, ...):
+(a) Distortion: one epoch of an MLP over a TensorDataset DataLoader, run four
+    ways in one process, in alternated order (P M S T, T S M P, ...):
       P  plain cell, perf_counter around the loop inside the cell;
       M  ``%%epochprofile --text --no-lines -o prof``: distortion = prof.wall_s / P;
+      S  the same with ``--lines sampled`` (the sampler on): reported, no target;
       T  ``with torch.profiler.profile(activities=[CPU])`` around the loop
          (for comparison: the loop's time inside it, and the whole ``with``
          including the profiler's start/stop).
@@ -73,6 +74,10 @@ MAGIC_NO_LINES = (
     "%%epochprofile --text --no-lines -o prof\n_t0 = time.perf_counter()\nfor epoch in range(2):"
     + LOOP
 )
+MAGIC_SAMPLED = (
+    "%%epochprofile --text --lines sampled -o prof\n_t0 = time.perf_counter()\n"
+    "for epoch in range(2):" + LOOP
+)
 MAGIC_LINES = (
     "%%epochprofile --text -o prof\n_t0 = time.perf_counter()\nfor epoch in range(2):" + LOOP
 )
@@ -117,9 +122,11 @@ def distortion(ip: Any, kind: str, rounds: int, epoch_s: float, step_s: float) -
     # one untimed run of each: imports, first-call costs, allocator warm-up
     plain(ip)
     c.run(ip, MAGIC_NO_LINES)
+    c.run(ip, MAGIC_SAMPLED)
     c.run(ip, TORCH_PROFILER)
 
     m_ratio: list[float] = []
+    s_ratio: list[float] = []  # the sampler on: reported, no target (docs/design.md §9)
     t_ratio: list[float] = []
     t_total_ratio: list[float] = []
     p_times: list[float] = []
@@ -127,7 +134,7 @@ def distortion(ip: Any, kind: str, rounds: int, epoch_s: float, step_s: float) -
     m_answer: list[float] = []
     per_step_us: list[float] = []
     rows = []
-    for i, order in c.alternated(["P", "M", "T"], rounds):
+    for i, order in c.alternated(["P", "M", "S", "T"], rounds):
         got: dict[str, Any] = {}
         for cond in order:
             if cond == "P":
@@ -139,6 +146,11 @@ def distortion(ip: Any, kind: str, rounds: int, epoch_s: float, step_s: float) -
                 assert prof.steps == steps, (prof.steps, steps)
                 got["M"] = prof.wall_s
                 got["M_answer"] = run.seconds
+            elif cond == "S":
+                c.run(ip, MAGIC_SAMPLED)
+                prof = c.ns(ip, "prof")
+                assert prof.lines_source == "sampled", prof.notes
+                got["S"] = prof.wall_s
             else:
                 c.run(ip, TORCH_PROFILER)
                 got["T"] = float(c.ns(ip, "_bench_s"))
@@ -148,6 +160,7 @@ def distortion(ip: Any, kind: str, rounds: int, epoch_s: float, step_s: float) -
         m_times.append(got["M"])
         m_answer.append(got["M_answer"])
         m_ratio.append(got["M"] / p)
+        s_ratio.append(got["S"] / p)
         per_step_us.append((got["M"] - p) / steps * 1e6)
         t_ratio.append(got["T"] / p)
         t_total_ratio.append(got["T_total"] / p)
@@ -158,6 +171,7 @@ def distortion(ip: Any, kind: str, rounds: int, epoch_s: float, step_s: float) -
                 f"{p:.3f}",
                 f"{got['M']:.3f}",
                 f"{got['M'] / p:.3f}",
+                f"{got['S'] / p:.3f}",
                 f"{got['T']:.3f}",
                 f"{got['T'] / p:.3f}",
                 f"{got['T_total'] / p:.3f}",
@@ -171,6 +185,7 @@ def distortion(ip: Any, kind: str, rounds: int, epoch_s: float, step_s: float) -
                 "plain s",
                 "magic wall_s",
                 "ratio",
+                "sampled ratio",
                 "torch.prof s",
                 "ratio",
                 "incl. start/stop",
@@ -187,6 +202,7 @@ def distortion(ip: Any, kind: str, rounds: int, epoch_s: float, step_s: float) -
                 ["magic wall_s, s", c.spread(m_times)],
                 ["magic whole cell --no-lines, s", c.spread(m_answer)],
                 ["distortion wall_s / plain", c.spread(m_ratio)],
+                ["same, lines sampled (--lines sampled)", c.spread(s_ratio)],
                 [
                     "distortion of the fastest runs (min / min)",
                     f"{min(m_times) / min(p_times):.3f}",
