@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import warnings
@@ -54,6 +55,9 @@ def instrumentation_state(targets: list[tuple[Any, str]]) -> dict[str, Any]:
         # patched until the cell first compiles; a library may wrap it on import
         "torch.compile is ours": _ours(torch.compile),
         "trace": sys.gettrace(),
+        # the line sampler's timer signal: a real-time signal's handler (and SIGALRM,
+        # which belongs to the user) must be what it was
+        "signal handlers": _signal_handlers(),
         "showwarning": warnings.showwarning,  # syncs are found through torch's warnings
         "our_warning_filters": [
             f
@@ -62,6 +66,13 @@ def instrumentation_state(targets: list[tuple[Any, str]]) -> dict[str, Any]:
             and ("torch.compile" in f[1].pattern or "synchronizing CUDA" in f[1].pattern)
         ],
     }
+
+
+def _signal_handlers() -> dict[int, Any]:
+    sigs = [signal.SIGALRM]
+    if hasattr(signal, "SIGRTMIN"):
+        sigs += range(signal.SIGRTMIN, signal.SIGRTMAX + 1)
+    return {int(s): signal.getsignal(s) for s in sigs}
 
 
 def _ours(fn: Any) -> bool:

@@ -226,7 +226,7 @@ def test_non_blocking_flag_in_every_spelling():
 
 def test_modules_and_lines_on_the_device_clock(ip, dev):
     """--modules' layer spans and gradient marks move to device time too, and
-    the traced run for lines runs under the same clock."""
+    the sampled lines are moved onto the same clock."""
     run(ip, HEAVY)
     run(ip, LOOP.replace("--no-lines", "--modules"))
     prof = ip.user_ns["prof"]
@@ -418,3 +418,22 @@ def test_every_spelling_of_a_host_to_device_copy_is_a_transfer(monkeypatch):
     assert non_blocking == 4 * 8 * 4
     kinds = [e[1] for e in rec.events]
     assert kinds.count(r.XFER_ENTER) == kinds.count(r.XFER_EXIT) == 10
+
+
+def test_sampled_lines_mark_the_host_waiting_at_its_sync_line(ip, dev):
+    """A sample taken while the host waits in a sync is marked as waiting, and
+    its line is the sync's: the cell line that called `.item()`. Waiting is a
+    mark on the samples, never a phase of its own."""
+    run(ip, HEAVY)
+    run(ip, LOOP.replace("--no-lines", "--lines sampled"))
+    prof = ip.user_ns["prof"]
+    check_phases(prof)
+    assert prof.lines_source == "sampled", prof.notes
+    cell_lines = [ls for ls in prof.lines if ls.filename.startswith("Cell In[")]
+    waiting = max(cell_lines, key=lambda ls: ls.wait_ticks)
+    assert waiting.source.strip() == "seen = dev.item(loss)", cell_lines
+    assert waiting.wait_ticks >= 0.5 * waiting.ticks > 0, waiting
+    assert set(waiting.phase_ticks) <= set(prof.phases)  # no "wait" phase
+    others = [ls for ls in cell_lines if ls is not waiting and "for xb" not in ls.source]
+    # a tick right at a wait's end may land on the next line: rare, never the bulk
+    assert sum(ls.wait_ticks for ls in others) <= 0.2 * waiting.wait_ticks, others

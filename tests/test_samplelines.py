@@ -207,15 +207,15 @@ def test_phase_ticks_come_from_the_phase_spans():
     assert sum(s.phase_ticks.values()) == s.ticks == 4
 
 
-def test_wait_ticks_mark_samples_that_overlap_a_sync_wait():
+def test_wait_ticks_mark_samples_taken_while_the_host_waited():
     syncs = [
         Sync(1.6, CELL, 7, False, 0.2),  # the host waited from 1.4 to 1.6
         Sync(3.0, CELL, 7, False, 0.0),  # no wait (the CPU, or nothing queued)
     ]
     samples = [
-        Sample(1.5, 0.1, stack((CELL, 7))),  # 1.4..1.5: inside the wait
-        Sample(1.7, 0.2, stack((CELL, 7))),  # 1.5..1.7: overlaps its end
-        Sample(1.9, 0.2, stack((CELL, 7))),  # 1.7..1.9: after it
+        Sample(1.5, 0.1, stack((CELL, 7))),  # at 1.5: inside the wait
+        Sample(1.6002, 0.1, stack((CELL, 7))),  # a tick deferred to the wait's end
+        Sample(1.7, 0.1, stack((CELL, 7))),  # its interval overlaps the wait; taken after
         Sample(3.05, 0.1, stack((CELL, 7))),
     ]
     s = lines(samples, timeline(syncs=syncs))["Cell In[5]", 7]

@@ -25,6 +25,7 @@ from typing import NamedTuple
 from epochmagic.analysis.timeline import Timeline
 from epochmagic.capture.sampler import Sample
 from epochmagic.model.profile import LineStat
+from epochmagic.model.thresholds import threshold
 from epochmagic.model.vocabulary import PHASES
 
 OURS_DIR = str(Path(__file__).resolve().parent.parent)  # the epochmagic package
@@ -138,19 +139,21 @@ def sampled_lines(
     during the run (``timeline.start`` to its end; sample times on the
     timeline's clock). A sample weighs its ``dt`` (cut at the run's start),
     counts for the phase open at its time (``timeline.phase_spans``) and is a
-    wait tick when its interval overlaps a sync the host waited in."""
+    wait tick when the host was waiting in a sync at its time (or the wait had
+    just ended: a tick deferred by a C call that waits runs at its return)."""
     places = places or Places()
     start, end = timeline.start, timeline.start + timeline.wall_s
     where: dict[int, Where] = {}  # by id: equal code objects may live in different files
     phase_of = _phase_lookup(timeline.phase_spans)
     waits = _wait_spans(timeline)
+    late = threshold("sample_wait_late_s")
     acc: dict[Key, _Acc] = {}
     for s in samples:
         if not start <= s.t <= end:
             continue
         keys = _keys(s.stack, where, places, own, label)
         w, phase = min(s.dt, s.t - start), phase_of(s.t)
-        waited = _overlaps(waits, s.t - w, s.t)
+        waited = _waiting(waits, s.t, late)
         for key in keys:
             a = acc.get(key)
             if a is None:
@@ -211,10 +214,11 @@ def _wait_spans(timeline: Timeline) -> list[tuple[float, float]]:
     return out
 
 
-def _overlaps(spans: list[tuple[float, float]], a: float, b: float) -> bool:
-    """Whether (a, b) shares any time with one of ``spans`` (merged, ordered)."""
-    i = bisect.bisect_right(spans, (a, float("inf")))
-    return any(lo < b and a < hi for lo, hi in spans[max(0, i - 1) : i + 1])
+def _waiting(spans: list[tuple[float, float]], t: float, late: float) -> bool:
+    """Whether ``t`` falls in one of ``spans`` (merged, ordered) or at most
+    ``late`` seconds after its end."""
+    i = bisect.bisect_right(spans, (t, float("inf")))
+    return i > 0 and t <= spans[i - 1][1] + late
 
 
 def _stdlib_dirs() -> list[str]:

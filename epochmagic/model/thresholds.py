@@ -167,6 +167,12 @@ _TABLE: dict[str, tuple[float, str]] = {
         "where a real out-of-memory kills the kernel instead of raising",
     ),
     # -- analysis
+    "sample_wait_late_s": (
+        0.0002,
+        "seconds after a sync's wait ended within which a sample still counts as waiting: a "
+        "timer tick that arrives while the host waits inside a C call runs its handler when the "
+        "call returns, at the sync's line; a sample later than that is elsewhere",
+    ),
     "warmup_min_steps": (
         3,
         "steps a run needs before any is left out of the steady median as warm-up: with fewer "
