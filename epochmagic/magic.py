@@ -310,12 +310,6 @@ def profile_source(
 def _attribute_lines(prof: EpochProfile, session: Session, first: FirstRun) -> BaseException | None:
     """Line attribution after a measured run that went well; returns an
     interrupt of the traced run, for the magic to re-raise after the report."""
-    if prof.compile is not None:
-        prof.notes.append(
-            "no line attribution: the cell runs compiled code (torch.compile), and a traced "
-            "re-run would compile it again (--lines sampled gives lines without a re-run)"
-        )
-        return None
     from epochmagic.session.lines import attribute_lines  # line_profiler: only when used
 
     try:

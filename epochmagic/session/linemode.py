@@ -32,7 +32,9 @@ def attribute_sampled(
     why_not = run.sampler_why_not
     if why_not is not None:
         blocker = retrace_blocker(prof, shell.user_ns)
-        instead = "lines traced from a short re-run instead" if blocker is None else blocker
+        instead = "lines traced from a short re-run instead"
+        if blocker is not None:
+            instead = f"no lines, as {blocker}"
         prof.notes.append(f"no sampled lines, the sampler could not start ({why_not}): {instead}")
         return "traced" if blocker is None else "off"
     interval = run.sample_interval_s
@@ -56,13 +58,15 @@ def attribute_sampled(
 
 
 def retrace_blocker(prof: EpochProfile, user_ns: dict[str, Any]) -> str | None:
-    """Why a traced re-run of the cell is not safe (or cannot help), or None."""
+    """Why a traced re-run of the cell is not safe (or cannot help), or None:
+    the one gate of ``--lines traced`` and of the sampler's fallback."""
     if prof.status != "ok" or not prof.steps:
-        did = "took no training steps" if prof.status == "ok" else "did not finish"
-        return f"no lines, as the measured run {did}"
+        return "the measured run " + (
+            "took no training steps" if prof.status == "ok" else "did not finish"
+        )
     if prof.compile is not None:
-        return "no lines, as a traced re-run would compile the cell's torch.compile code again"
+        return "a traced re-run would compile the cell's torch.compile code again"
     what = unrestorable(user_ns)
     if what is not None:
-        return f"no lines, as re-running this cell would advance {what}'s progress"
+        return f"re-running this cell would advance {what}'s progress, which a snapshot cannot roll back"
     return None

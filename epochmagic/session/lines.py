@@ -18,9 +18,9 @@ from line_profiler import LineProfiler
 from epochmagic.capture.patching import Patches
 from epochmagic.model.profile import EpochProfile, LineStat
 from epochmagic.session.execute import Limits
+from epochmagic.session.linemode import retrace_blocker
 from epochmagic.session.notebook import file_label, notebook_functions
 from epochmagic.session.session import Session, Variant
-from epochmagic.session.snapshot import unrestorable
 
 MIN_STEPS, MAX_STEPS = 3, 20
 SHARE = 0.10  # of the epoch's time the traced run may take
@@ -38,14 +38,14 @@ def traced_steps(prof: EpochProfile) -> int:
 
 
 def attribute_lines(prof: EpochProfile, session: Session, variant: Variant | None = None) -> None:
-    """Fill ``prof.lines`` / ``prof.lines_steps`` (or add a note saying why not).
+    """Fill ``prof.lines`` / ``prof.lines_steps`` (or add a note saying why not:
+    ``linemode.retrace_blocker``, the gate the sampler's fallback uses too).
     ``variant``: the measured run's own setting, which the traced run keeps."""
     __tracebackhide__ = True  # noqa: F841
-    blocker = unrestorable(session.user_ns)
-    if blocker:
+    blocker = retrace_blocker(prof, session.user_ns)
+    if blocker is not None:
         prof.notes.append(
-            f"no line attribution: re-running this cell would advance {blocker}'s progress, "
-            "which a snapshot cannot roll back (--lines sampled gives lines without a re-run)"
+            f"no line attribution: {blocker} (--lines sampled gives lines without a re-run)"
         )
         return
     limits = Limits(steps=traced_steps(prof), seconds=max(1.0, 2 * SHARE * prof.wall_s))
