@@ -552,6 +552,19 @@ def test_a_profile_saved_by_the_first_version_loads(tmp_path):
     assert again.to_dict()["schema_version"] == SCHEMA_VERSION
 
 
+def test_an_older_profiles_lines_load_as_traced():
+    """Before schema 4 every line came from the traced run: such a profile's
+    lines load as traced, hits kept and no sample fields."""
+    from pathlib import Path
+
+    prof = EpochProfile.load(Path(__file__).parent / "data" / "profile_v1.json")
+    assert prof.lines and prof.lines_source == "traced"
+    assert all(
+        isinstance(ls.hits, int) and ls.ticks == 0 and not ls.phase_ticks for ls in prof.lines
+    )
+    assert "traced run" in prof.text()
+
+
 def test_warmup_holds_against_noise_and_names_real_warmup():
     """Warm-up is the leading run of steps slower than the steady steps'
     spread, worth at least 50 ms: a noisy first step, a late spike or a tiny
